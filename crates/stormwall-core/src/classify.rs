@@ -99,7 +99,10 @@ fn io_kind(e: &std::io::Error) -> Option<ErrorKind> {
     use std::io::ErrorKind as K;
     match e.kind() {
         K::TimedOut => Some(ErrorKind::Timeout),
-        K::ConnectionRefused | K::AddrNotAvailable | K::NotConnected | K::HostUnreachable
+        K::ConnectionRefused
+        | K::AddrNotAvailable
+        | K::NotConnected
+        | K::HostUnreachable
         | K::NetworkUnreachable => Some(ErrorKind::Connect),
         K::ConnectionReset | K::ConnectionAborted | K::BrokenPipe | K::UnexpectedEof => {
             Some(ErrorKind::Reset)
@@ -112,16 +115,16 @@ fn kind_of(e: &(dyn StdError + 'static)) -> Option<ErrorKind> {
     if e.is::<tokio::time::error::Elapsed>() {
         return Some(ErrorKind::Timeout);
     }
-    if let Some(io) = e.downcast_ref::<std::io::Error>() {
-        if let Some(kind) = io_kind(io) {
-            return Some(kind);
-        }
+    if let Some(io) = e.downcast_ref::<std::io::Error>()
+        && let Some(kind) = io_kind(io)
+    {
+        return Some(kind);
     }
     #[cfg(feature = "hyper-util")]
-    if let Some(err) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-        if err.is_connect() {
-            return Some(ErrorKind::Connect);
-        }
+    if let Some(err) = e.downcast_ref::<hyper_util::client::legacy::Error>()
+        && err.is_connect()
+    {
+        return Some(ErrorKind::Connect);
     }
     // tower's `Elapsed` and other timeout errors are recognised by name, so that the core does
     // not depend on every crate that defines one. Their Display is "request timed out" /
@@ -207,7 +210,14 @@ impl Failure {
 
     /// Whether the call timed out.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::Timeout) || matches!(self, Self::Grpc { code: GrpcCode::DeadlineExceeded, .. })
+        matches!(self, Self::Timeout)
+            || matches!(
+                self,
+                Self::Grpc {
+                    code: GrpcCode::DeadlineExceeded,
+                    ..
+                }
+            )
     }
 
     /// Whether the connection could not be established.
@@ -242,7 +252,9 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::BackOff {
-                status, grpc, pushback,
+                status,
+                grpc,
+                pushback,
             } => {
                 write!(f, "peer asked to back off")?;
                 if let Some(s) = status {
@@ -435,14 +447,14 @@ impl ResilienceClassifier {
             });
         }
         if (self.failure_from..=self.failure_to).contains(&code) {
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                if let Some(pushback) = Pushback::from_headers(headers, system_now()).delay {
-                    return Err(Failure::BackOff {
-                        status: Some(status),
-                        grpc: None,
-                        pushback: Some(pushback),
-                    });
-                }
+            if status == StatusCode::SERVICE_UNAVAILABLE
+                && let Some(pushback) = Pushback::from_headers(headers, system_now()).delay
+            {
+                return Err(Failure::BackOff {
+                    status: Some(status),
+                    grpc: None,
+                    pushback: Some(pushback),
+                });
             }
             return Err(Failure::Status(status));
         }
@@ -486,7 +498,9 @@ impl ClassifyResponse for ResilienceClassifier {
             }
             if !res.status().is_success() {
                 // A gRPC call that failed at the HTTP layer (e.g. a proxy's 503).
-                return ClassifiedResponse::Ready(self.classify_status(res.status(), res.headers()));
+                return ClassifiedResponse::Ready(
+                    self.classify_status(res.status(), res.headers()),
+                );
             }
             return ClassifiedResponse::RequiresEos(ResilienceEos { classifier: self });
         }
@@ -579,14 +593,24 @@ mod tests {
         assert!(f.is_back_off());
         assert_eq!(f.pushback(), None);
         let lenient = ResilienceClassifier::new().too_many_requests_is_failure(false);
-        assert_eq!(lenient.classify_status(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()), Ok(()));
+        assert_eq!(
+            lenient.classify_status(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new()),
+            Ok(())
+        );
         let strict = ResilienceClassifier::new().failure_range(400, 599);
-        assert!(strict.classify_status(StatusCode::NOT_FOUND, &HeaderMap::new()).is_err());
+        assert!(
+            strict
+                .classify_status(StatusCode::NOT_FOUND, &HeaderMap::new())
+                .is_err()
+        );
     }
 
     #[test]
     fn grpc_trailers_only_and_eos() {
-        let unavailable = res(200, &[("content-type", "application/grpc"), ("grpc-status", "14")]);
+        let unavailable = res(
+            200,
+            &[("content-type", "application/grpc"), ("grpc-status", "14")],
+        );
         assert_eq!(
             classify(&unavailable),
             Err(Failure::Grpc {
@@ -594,7 +618,10 @@ mod tests {
                 pushback: None
             })
         );
-        let not_found = res(200, &[("content-type", "application/grpc"), ("grpc-status", "5")]);
+        let not_found = res(
+            200,
+            &[("content-type", "application/grpc"), ("grpc-status", "5")],
+        );
         assert_eq!(classify(&not_found), Ok(()));
         let exhausted = res(
             200,

@@ -230,6 +230,9 @@ impl SharedResponse {
 }
 
 /// Why [`SharedResponse::buffer`] did not produce a shared response.
+// The over-cap variant carries the whole response so that nothing is lost; it is built at most
+// once per response, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum BufferError<B: Body> {
     /// The body exceeds the cap. This is the original response: the bytes already read come
     /// first, then the rest of the original body, so nothing is lost.
@@ -251,10 +254,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooLarge(res) => f
-                .debug_tuple("TooLarge")
-                .field(&res.status())
-                .finish(),
+            Self::TooLarge(res) => f.debug_tuple("TooLarge").field(&res.status()).finish(),
             Self::Body(e) => f.debug_tuple("Body").field(e).finish(),
         }
     }
@@ -291,10 +291,7 @@ impl<B> fmt::Debug for Buffer<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Buffer")
             .field("limit", &self.limit)
-            .field(
-                "buffered",
-                &self.state.as_ref().map(|s| s.data.len()),
-            )
+            .field("buffered", &self.state.as_ref().map(|s| s.data.len()))
             .finish()
     }
 }
@@ -603,7 +600,10 @@ mod tests {
         assert!(err.is_too_large());
         // Exactly at the cap is fine.
         let res = Response::new(Full::new(Bytes::from_static(b"12345")));
-        assert_eq!(SharedResponse::buffer(res, 5).await.unwrap().body(), "12345");
+        assert_eq!(
+            SharedResponse::buffer(res, 5).await.unwrap().body(),
+            "12345"
+        );
     }
 
     #[tokio::test]

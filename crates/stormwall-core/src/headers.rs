@@ -6,7 +6,7 @@
 //! | `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers-10) | [`RateLimitPolicy::parse_all`] | [`RateLimitPolicy::format_all`] |
 //! | `RateLimit` (draft-10) | [`RateLimitStatus::parse_all`] | [`RateLimitStatus::format_all`] |
 //! | `X-RateLimit-Limit/Remaining/Reset` (legacy) | [`LegacyRateLimit::parse`] | [`LegacyRateLimit::write`] |
-//! | `grpc-retry-pushback-ms` | [`GrpcPushback::parse`] | [`GrpcPushback::to_header_value`] |
+//! | `grpc-retry-pushback-ms` | [`GrpcPushback::parse_str`] | [`GrpcPushback::to_header_value`] |
 //!
 //! [`Pushback::from_headers`] combines them into the one question the layers ask: *how long
 //! should the next request to this peer wait?*

@@ -33,7 +33,10 @@ fn port_arg() -> u16 {
             return args.next().and_then(|p| p.parse().ok()).unwrap_or(0);
         }
     }
-    std::env::var("PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(0)
+    std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A fixed-window 10/s API that answers 429 beyond its quota.
@@ -43,43 +46,53 @@ async fn start_api(port: u16) -> SocketAddr {
     let window = Arc::new((AtomicU64::new(0), std::sync::Mutex::new(Instant::now())));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else { continue };
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
             let window = window.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(PeerAddr(peer));
-                    let window = window.clone();
-                    async move {
-                        let (count, started) = &*window;
-                        let elapsed = {
-                            let mut started = started.lock().expect("lock");
-                            if started.elapsed() >= Duration::from_secs(1) {
-                                *started = Instant::now();
-                                count.store(0, Ordering::SeqCst);
+                let svc =
+                    hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(PeerAddr(peer));
+                        let window = window.clone();
+                        async move {
+                            let (count, started) = &*window;
+                            let elapsed = {
+                                let mut started = started.lock().expect("lock");
+                                if started.elapsed() >= Duration::from_secs(1) {
+                                    *started = Instant::now();
+                                    count.store(0, Ordering::SeqCst);
+                                }
+                                started.elapsed()
+                            };
+                            let used = count.fetch_add(1, Ordering::SeqCst) + 1;
+                            let reset = Duration::from_secs(1).saturating_sub(elapsed);
+                            let remaining = LIMIT_PER_SEC.saturating_sub(used);
+                            let mut res = if used <= LIMIT_PER_SEC {
+                                Response::new(Full::new(Bytes::from("{\"ok\":true}")))
+                            } else {
+                                let mut r = Response::new(Full::new(Bytes::from("slow down")));
+                                *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                                r.headers_mut()
+                                    .insert("retry-after", format_retry_after(reset));
+                                r
+                            };
+                            let h = res.headers_mut();
+                            if let Some(v) = RateLimitPolicy::format_all(&[RateLimitPolicy::new(
+                                "api",
+                                LIMIT_PER_SEC,
+                                Duration::from_secs(1),
+                            )]) {
+                                h.insert("ratelimit-policy", v);
                             }
-                            started.elapsed()
-                        };
-                        let used = count.fetch_add(1, Ordering::SeqCst) + 1;
-                        let reset = Duration::from_secs(1).saturating_sub(elapsed);
-                        let remaining = LIMIT_PER_SEC.saturating_sub(used);
-                        let mut res = if used <= LIMIT_PER_SEC {
-                            Response::new(Full::new(Bytes::from("{\"ok\":true}")))
-                        } else {
-                            let mut r = Response::new(Full::new(Bytes::from("slow down")));
-                            *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                            r.headers_mut().insert("retry-after", format_retry_after(reset));
-                            r
-                        };
-                        let h = res.headers_mut();
-                        if let Some(v) = RateLimitPolicy::format_all(&[RateLimitPolicy::new("api", LIMIT_PER_SEC, Duration::from_secs(1))]) {
-                            h.insert("ratelimit-policy", v);
+                            if let Some(v) = RateLimitStatus::format_all(&[RateLimitStatus::new(
+                                "api", remaining, reset,
+                            )]) {
+                                h.insert("ratelimit", v);
+                            }
+                            Ok::<_, std::convert::Infallible>(res)
                         }
-                        if let Some(v) = RateLimitStatus::format_all(&[RateLimitStatus::new("api", remaining, reset)]) {
-                            h.insert("ratelimit", v);
-                        }
-                        Ok::<_, std::convert::Infallible>(res)
-                    }
-                });
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -95,9 +108,15 @@ async fn main() {
     println!("local API on http://{addr} (allows {LIMIT_PER_SEC} requests/s, 429 beyond)\n");
 
     // Who a request counts against: a spoofed X-Forwarded-For from an untrusted peer changes nothing.
-    let mut req = Request::get("/users/1").header("x-forwarded-for", "6.6.6.6").body(()).expect("request");
-    req.extensions_mut().insert(PeerAddr(SocketAddr::from(([198, 51, 100, 7], 4242))));
-    let key = ClientIp::new(TrustedProxies::None).extract(&req).expect("key");
+    let mut req = Request::get("/users/1")
+        .header("x-forwarded-for", "6.6.6.6")
+        .body(())
+        .expect("request");
+    req.extensions_mut()
+        .insert(PeerAddr(SocketAddr::from(([198, 51, 100, 7], 4242))));
+    let key = ClientIp::new(TrustedProxies::None)
+        .extract(&req)
+        .expect("key");
     println!("client key with a spoofed X-Forwarded-For and no trusted proxies: {key}");
 
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
@@ -117,9 +136,16 @@ async fn main() {
     let (mut ok, mut throttled, mut max_wait) = (0, 0, Duration::ZERO);
     for t in tasks {
         let (status, pushback) = t.await.expect("task");
-        if status.is_success() { ok += 1 } else if status == StatusCode::TOO_MANY_REQUESTS { throttled += 1 }
+        if status.is_success() {
+            ok += 1
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            throttled += 1
+        }
         max_wait = max_wait.max(pushback.delay.unwrap_or_default());
     }
     println!("\n50 concurrent requests for /users/1, no protection:");
-    println!("  successes: {ok}\n  429s:      {throttled}\n  longest pushback the API asked for: {max_wait:?}\n  took {:?}", started.elapsed());
+    println!(
+        "  successes: {ok}\n  429s:      {throttled}\n  longest pushback the API asked for: {max_wait:?}\n  took {:?}",
+        started.elapsed()
+    );
 }

@@ -1,0 +1,263 @@
+//! Lock-free sliding windows: last N calls (a ring of one-byte slots) and last N seconds (a
+//! ring of per-second buckets). Recording is O(1) and allocates nothing.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+/// Calls, failures and slow calls in a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Calls recorded.
+    pub calls: u64,
+    /// Failed calls among them.
+    pub failures: u64,
+    /// Slow calls among them (failed or not).
+    pub slow: u64,
+}
+
+impl Counts {
+    /// Failure rate in percent (0 when empty).
+    pub fn failure_rate(&self) -> f64 {
+        rate(self.failures, self.calls)
+    }
+
+    /// Slow-call rate in percent (0 when empty).
+    pub fn slow_rate(&self) -> f64 {
+        rate(self.slow, self.calls)
+    }
+}
+
+pub(crate) fn rate(part: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / total as f64
+    }
+}
+
+pub(crate) const FAILED: u8 = 2;
+pub(crate) const SLOW: u8 = 4;
+const PRESENT: u8 = 1;
+
+// Count window aggregate: calls | failures << 21 | slow << 42.
+const F: u32 = 21;
+const M21: u64 = (1 << F) - 1;
+
+fn packed21(slot: u8) -> u64 {
+    (slot & PRESENT) as u64 | (((slot & FAILED) >> 1) as u64) << F | (((slot & SLOW) >> 2) as u64) << (2 * F)
+}
+
+fn unpack21(v: u64, max: u64) -> Option<Counts> {
+    let c = Counts {
+        calls: v & M21,
+        failures: (v >> F) & M21,
+        slow: (v >> (2 * F)) & M21,
+    };
+    // A concurrent record may be half applied; an inconsistent read is skipped.
+    (c.calls <= max && c.failures <= c.calls && c.slow <= c.calls).then_some(c)
+}
+
+#[derive(Debug)]
+pub(crate) struct CountWindow {
+    slots: Box<[AtomicU8]>,
+    seq: AtomicU32,
+    agg: AtomicU64,
+}
+
+impl CountWindow {
+    pub(crate) fn new(n: u32) -> Self {
+        Self {
+            slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            seq: AtomicU32::new(0),
+            agg: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one call (`bits`: [`FAILED`] | [`SLOW`]) and returns the window after it.
+    #[inline]
+    pub(crate) fn record(&self, bits: u8) -> Option<Counts> {
+        let len = self.slots.len() as u32;
+        let i = self.seq.fetch_add(1, Ordering::Relaxed) % len;
+        let new = bits | PRESENT;
+        let slot = &self.slots[i as usize];
+        if slot.load(Ordering::Relaxed) == new {
+            // Same value in the slot: the aggregate does not change.
+            return self.counts();
+        }
+        let old = slot.swap(new, Ordering::AcqRel);
+        let delta = packed21(new).wrapping_sub(packed21(old));
+        let after = self.agg.fetch_add(delta, Ordering::AcqRel).wrapping_add(delta);
+        unpack21(after, len as u64)
+    }
+
+    pub(crate) fn counts(&self) -> Option<Counts> {
+        unpack21(self.agg.load(Ordering::Acquire), self.slots.len() as u64)
+    }
+
+    pub(crate) fn reset(&self) {
+        for slot in self.slots.iter() {
+            let old = slot.swap(0, Ordering::AcqRel);
+            if old != 0 {
+                self.agg.fetch_sub(packed21(old), Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+// Time window bucket word: calls (18 bits) | failures << 18 | slow << 36 | gen << 54.
+const B: u32 = 18;
+const M18: u64 = (1 << B) - 1;
+const GEN_SHIFT: u32 = 54;
+const GEN_MOD: u64 = 1023;
+const NO_GEN: u64 = 1023;
+const NO_EPOCH: u64 = u64::MAX;
+/// The most calls one second of a time window records; further calls in that second are not
+/// counted (the rates are already well defined by then).
+pub(crate) const MAX_CALLS_PER_SECOND: u64 = M18;
+
+fn packed18(bits: u8) -> u64 {
+    1 | (((bits & FAILED) >> 1) as u64) << B | (((bits & SLOW) >> 2) as u64) << (2 * B)
+}
+
+#[derive(Debug)]
+struct Bucket {
+    word: AtomicU64,
+    epoch: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct TimeWindow {
+    buckets: Box<[Bucket]>,
+}
+
+impl TimeWindow {
+    pub(crate) fn new(secs: u32) -> Self {
+        Self {
+            buckets: (0..secs)
+                .map(|_| Bucket {
+                    word: AtomicU64::new(NO_GEN << GEN_SHIFT),
+                    epoch: AtomicU64::new(NO_EPOCH),
+                })
+                .collect(),
+        }
+    }
+
+    fn gen_of(&self, sec: u64) -> u64 {
+        (sec / self.buckets.len() as u64) % GEN_MOD
+    }
+
+    /// Records one call at second `sec` (since the breaker started).
+    #[inline]
+    pub(crate) fn record(&self, sec: u64, bits: u8) {
+        let n = self.buckets.len() as u64;
+        let b = &self.buckets[(sec % n) as usize];
+        let mut sec = sec;
+        let epoch = b.epoch.load(Ordering::Acquire);
+        if epoch != NO_EPOCH && epoch > sec {
+            // A late record (its clock was read before a newer call's): count it in the newer
+            // second of the same slot.
+            sec = epoch;
+        }
+        let generation = self.gen_of(sec);
+        let add = packed18(bits);
+        let mut cur = b.word.load(Ordering::Acquire);
+        loop {
+            let same_gen = cur >> GEN_SHIFT == generation;
+            // Same generation but an epoch of another lap with the same generation: a stale
+            // bucket aliased after 1023 laps; restart it.
+            let aliased = same_gen
+                && epoch != NO_EPOCH
+                && epoch != sec
+                && self.gen_of(epoch) == generation;
+            let next = if same_gen && !aliased {
+                if cur & M18 >= MAX_CALLS_PER_SECOND {
+                    return;
+                }
+                cur + add
+            } else {
+                generation << GEN_SHIFT | add
+            };
+            match b
+                .word
+                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) => cur = actual,
+            }
+        }
+        if epoch != sec {
+            b.epoch.fetch_max(sec, Ordering::AcqRel);
+            if epoch == NO_EPOCH {
+                // fetch_max with NO_EPOCH (u64::MAX) is a no-op: store instead.
+                let _ = b
+                    .epoch
+                    .compare_exchange(NO_EPOCH, sec, Ordering::AcqRel, Ordering::Acquire);
+            }
+        }
+    }
+
+    /// The calls of the seconds `(now_sec - n, now_sec]`.
+    pub(crate) fn counts(&self, now_sec: u64) -> Counts {
+        let n = self.buckets.len() as u64;
+        let mut c = Counts::default();
+        for (i, b) in self.buckets.iter().enumerate() {
+            let i = i as u64;
+            if now_sec < i {
+                continue;
+            }
+            let expected = now_sec - (now_sec - i) % n;
+            if b.epoch.load(Ordering::Acquire) != expected {
+                continue;
+            }
+            let w = b.word.load(Ordering::Acquire);
+            if w >> GEN_SHIFT != self.gen_of(expected) {
+                continue;
+            }
+            c.calls += w & M18;
+            c.failures += (w >> B) & M18;
+            c.slow += (w >> (2 * B)) & M18;
+        }
+        c
+    }
+
+    pub(crate) fn reset(&self) {
+        for b in self.buckets.iter() {
+            b.word.store(NO_GEN << GEN_SHIFT, Ordering::Release);
+            b.epoch.store(NO_EPOCH, Ordering::Release);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_window_slides() {
+        let w = CountWindow::new(3);
+        assert_eq!(w.record(FAILED).unwrap().failures, 1);
+        w.record(0);
+        w.record(SLOW);
+        let c = w.record(0).unwrap(); // evicts the failure
+        assert_eq!((c.calls, c.failures, c.slow), (3, 0, 1));
+        w.reset();
+        assert_eq!(w.counts().unwrap(), Counts::default());
+    }
+
+    #[test]
+    fn time_window_expires_seconds() {
+        let w = TimeWindow::new(3);
+        w.record(0, FAILED);
+        w.record(1, 0);
+        w.record(2, FAILED | SLOW);
+        assert_eq!(w.counts(2), Counts { calls: 3, failures: 2, slow: 1 });
+        assert_eq!(w.counts(3), Counts { calls: 2, failures: 1, slow: 1 });
+        w.record(3, 0);
+        assert_eq!(w.counts(3), Counts { calls: 3, failures: 1, slow: 1 });
+        assert_eq!(w.counts(10), Counts::default());
+        // Aliasing after 1023 laps does not resurrect old counts.
+        w.record(3 + 3 * 1023, 0);
+        assert_eq!(w.counts(3 + 3 * 1023).calls, 1);
+        w.reset();
+        assert_eq!(w.counts(3 + 3 * 1023), Counts::default());
+    }
+}

@@ -200,6 +200,15 @@ pub(crate) struct Observers {
     pub(crate) events: broadcast::Sender<StateTransition>,
 }
 
+impl fmt::Debug for Observers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Observers")
+            .field("hook", &self.hook.is_some())
+            .field("subscribers", &self.events.receiver_count())
+            .finish()
+    }
+}
+
 impl Default for Observers {
     fn default() -> Self {
         Self {
@@ -389,7 +398,13 @@ impl Breaker {
                         .compare_exchange(*w, next, Ordering::AcqRel, Ordering::Acquire)
                     {
                         Ok(_) => {
-                            self.after_transition(State::Open, State::HalfOpen, now, Counts::default(), None);
+                            self.after_transition(
+                                State::Open,
+                                State::HalfOpen,
+                                now,
+                                Counts::default(),
+                                None,
+                            );
                             return Ok(Permit {
                                 epoch: epoch_of(next),
                                 kind: State::HalfOpen,
@@ -523,7 +538,9 @@ impl Breaker {
                     self.metrics.failure_rate.set(counts.failure_rate());
                     self.metrics.slow_rate.set(counts.slow_rate());
                 }
-                if permit.kind == State::Closed && self.over_threshold(&counts, self.config.minimum_calls as u64) {
+                if permit.kind == State::Closed
+                    && self.over_threshold(&counts, self.config.minimum_calls as u64)
+                {
                     self.trip(w, State::Closed, now(), counts);
                 }
             }
@@ -541,16 +558,24 @@ impl Breaker {
 
     #[cold]
     fn record_probe(&self, permit: Permit, bits: u8, now: Instant) {
-        let add = 1 | ((bits & FAILED) >> 1) as u64 * (1 << H) | ((bits & SLOW) >> 2) as u64 * (1 << (2 * H));
+        let add = 1
+            | ((bits & FAILED) >> 1) as u64 * (1 << H)
+            | ((bits & SLOW) >> 2) as u64 * (1 << (2 * H));
         let tag = permit.epoch << (3 * H);
         let mut cur = self.half_open.load(Ordering::Acquire);
         let after = loop {
-            let base = if cur >> (3 * H) == permit.epoch { cur } else { tag };
+            let base = if cur >> (3 * H) == permit.epoch {
+                cur
+            } else {
+                tag
+            };
             let next = base + add;
-            match self
-                .half_open
-                .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.half_open.compare_exchange_weak(
+                cur,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => break next,
                 Err(actual) => cur = actual,
             }
@@ -721,9 +746,8 @@ impl Breaker {
                 WindowImpl::Consecutive(_) => Counts::default(),
             },
         };
-        let remaining_open = (state == State::Open).then(|| {
-            Duration::from_micros(payload_of(w).saturating_sub(self.micros(now)))
-        });
+        let remaining_open = (state == State::Open)
+            .then(|| Duration::from_micros(payload_of(w).saturating_sub(self.micros(now))));
         BreakerSnapshot {
             name: self.name.clone(),
             state,
@@ -741,6 +765,10 @@ impl Breaker {
 
 fn ceil_micros(d: Duration) -> u64 {
     let us = d.as_micros();
-    let us = if d.subsec_nanos() % 1_000 != 0 { us + 1 } else { us };
+    let us = if d.subsec_nanos() % 1_000 != 0 {
+        us + 1
+    } else {
+        us
+    };
     us.min(PAYLOAD_MAX as u128) as u64
 }

@@ -43,7 +43,9 @@ const F: u32 = 21;
 const M21: u64 = (1 << F) - 1;
 
 fn packed21(slot: u8) -> u64 {
-    (slot & PRESENT) as u64 | (((slot & FAILED) >> 1) as u64) << F | (((slot & SLOW) >> 2) as u64) << (2 * F)
+    (slot & PRESENT) as u64
+        | (((slot & FAILED) >> 1) as u64) << F
+        | (((slot & SLOW) >> 2) as u64) << (2 * F)
 }
 
 fn unpack21(v: u64, max: u64) -> Option<Counts> {
@@ -85,7 +87,10 @@ impl CountWindow {
         }
         let old = slot.swap(new, Ordering::AcqRel);
         let delta = packed21(new).wrapping_sub(packed21(old));
-        let after = self.agg.fetch_add(delta, Ordering::AcqRel).wrapping_add(delta);
+        let after = self
+            .agg
+            .fetch_add(delta, Ordering::AcqRel)
+            .wrapping_add(delta);
         unpack21(after, len as u64)
     }
 
@@ -164,10 +169,8 @@ impl TimeWindow {
             let same_gen = cur >> GEN_SHIFT == generation;
             // Same generation but an epoch of another lap with the same generation: a stale
             // bucket aliased after 1023 laps; restart it.
-            let aliased = same_gen
-                && epoch != NO_EPOCH
-                && epoch != sec
-                && self.gen_of(epoch) == generation;
+            let aliased =
+                same_gen && epoch != NO_EPOCH && epoch != sec && self.gen_of(epoch) == generation;
             let next = if same_gen && !aliased {
                 if cur & M18 >= MAX_CALLS_PER_SECOND {
                     return;
@@ -188,9 +191,9 @@ impl TimeWindow {
             b.epoch.fetch_max(sec, Ordering::AcqRel);
             if epoch == NO_EPOCH {
                 // fetch_max with NO_EPOCH (u64::MAX) is a no-op: store instead.
-                let _ = b
-                    .epoch
-                    .compare_exchange(NO_EPOCH, sec, Ordering::AcqRel, Ordering::Acquire);
+                let _ =
+                    b.epoch
+                        .compare_exchange(NO_EPOCH, sec, Ordering::AcqRel, Ordering::Acquire);
             }
         }
     }
@@ -249,10 +252,31 @@ mod tests {
         w.record(0, FAILED);
         w.record(1, 0);
         w.record(2, FAILED | SLOW);
-        assert_eq!(w.counts(2), Counts { calls: 3, failures: 2, slow: 1 });
-        assert_eq!(w.counts(3), Counts { calls: 2, failures: 1, slow: 1 });
+        assert_eq!(
+            w.counts(2),
+            Counts {
+                calls: 3,
+                failures: 2,
+                slow: 1
+            }
+        );
+        assert_eq!(
+            w.counts(3),
+            Counts {
+                calls: 2,
+                failures: 1,
+                slow: 1
+            }
+        );
         w.record(3, 0);
-        assert_eq!(w.counts(3), Counts { calls: 3, failures: 1, slow: 1 });
+        assert_eq!(
+            w.counts(3),
+            Counts {
+                calls: 3,
+                failures: 1,
+                slow: 1
+            }
+        );
         assert_eq!(w.counts(10), Counts::default());
         // Aliasing after 1023 laps does not resurrect old counts.
         w.record(3 + 3 * 1023, 0);

@@ -15,7 +15,11 @@ enum Op {
     /// Acquire a permit and keep it pending.
     Acquire,
     /// Complete the pending permit at this index (modulo the pending count).
-    Complete { idx: usize, failed: bool, slow: bool },
+    Complete {
+        idx: usize,
+        failed: bool,
+        slow: bool,
+    },
     /// Abandon a pending permit.
     Abandon(usize),
     /// Acquire and complete at once.
@@ -50,14 +54,23 @@ fn params() -> impl Strategy<Value = Params> {
     ];
     let wait = prop_oneof![
         (1u64..5_000).prop_map(|ms| WaitStrategy::Fixed(Duration::from_millis(ms))),
-        (1u64..2_000, 1u32..4, 2_000u64..10_000).prop_map(|(b, m, max)| WaitStrategy::Exponential {
-            base: Duration::from_millis(b),
-            multiplier: m as f64,
-            max: Duration::from_millis(max),
+        (1u64..2_000, 1u32..4, 2_000u64..10_000).prop_map(|(b, m, max)| {
+            WaitStrategy::Exponential {
+                base: Duration::from_millis(b),
+                multiplier: m as f64,
+                max: Duration::from_millis(max),
+            }
         }),
     ];
-    (window, 1u32..12, 1u32..=100, proptest::option::of(1u32..=100), wait, 1u32..4).prop_map(
-        |(window, min, fr, slow, wait, permitted)| {
+    (
+        window,
+        1u32..12,
+        1u32..=100,
+        proptest::option::of(1u32..=100),
+        wait,
+        1u32..4,
+    )
+        .prop_map(|(window, min, fr, slow, wait, permitted)| {
             let minimum_calls = match window {
                 Window::Count(n) => min.min(n),
                 _ => min,
@@ -70,8 +83,7 @@ fn params() -> impl Strategy<Value = Params> {
                 wait,
                 permitted,
             }
-        },
-    )
+        })
 }
 
 /// The reference: obviously correct, slow, single-threaded.
@@ -90,7 +102,11 @@ struct Model {
 
 fn ceil_us(d: Duration) -> u64 {
     let us = d.as_micros() as u64;
-    if d.subsec_nanos() % 1_000 != 0 { us + 1 } else { us }
+    if d.subsec_nanos() % 1_000 != 0 {
+        us + 1
+    } else {
+        us
+    }
 }
 
 impl Model {
@@ -136,7 +152,9 @@ impl Model {
     fn acquire(&mut self, now_us: u64) -> Result<u64, Duration> {
         match self.state {
             State::Closed => Ok(self.epoch),
-            State::Open if now_us < self.until_us => Err(Duration::from_micros(self.until_us - now_us)),
+            State::Open if now_us < self.until_us => {
+                Err(Duration::from_micros(self.until_us - now_us))
+            }
             State::Open => {
                 self.transition(State::HalfOpen);
                 self.issued = 1;
@@ -273,7 +291,11 @@ fn run(p: Params, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 fn cases() -> u32 {
-    if std::env::var("STORMWALL_EXTENDED").is_ok() { 100_000 } else { 10_000 }
+    if std::env::var("STORMWALL_EXTENDED").is_ok() {
+        100_000
+    } else {
+        10_000
+    }
 }
 
 proptest! {

@@ -1,0 +1,147 @@
+//! The response body: passes the inner body through, and classifies gRPC responses at the
+//! end of the stream (trailers) when the headers did not tell.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use stormwall_core::classify::{ClassifyEos, Failure};
+use stormwall_core::response::ResponseBody as CoreBody;
+
+use crate::breaker::{Breaker, Permit};
+
+/// A call whose outcome is not known yet; released (not recorded) if dropped.
+pub(crate) struct Guard {
+    pub(crate) breaker: Arc<Breaker>,
+    pub(crate) permit: Option<Permit>,
+    pub(crate) slow: bool,
+}
+
+impl Guard {
+    pub(crate) fn finish(&mut self, failure: Option<&Failure>) {
+        if let Some(permit) = self.permit.take() {
+            if let Some(f) = failure {
+                tracing::debug!(breaker = %self.breaker.name(), failure = %f, "call failed");
+            }
+            self.breaker.record_with(
+                permit,
+                failure.is_some(),
+                self.slow,
+                tokio::time::Instant::now,
+            );
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.release(permit);
+        }
+    }
+}
+
+struct Eos<E> {
+    classify: E,
+    guard: Guard,
+}
+
+pin_project! {
+    /// The body of the responses of a [`CircuitBreaker`](crate::CircuitBreaker): the inner body
+    /// (classified at its end for gRPC responses whose status is in the trailers), or the
+    /// rejection body.
+    pub struct ResponseBody<B, E> {
+        #[pin]
+        inner: CoreBody<B>,
+        eos: Option<Eos<E>>,
+    }
+}
+
+impl<B, E> fmt::Debug for ResponseBody<B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("inner", &self.inner)
+            .field("classifies_at_eos", &self.eos.is_some())
+            .finish()
+    }
+}
+
+impl<B, E> ResponseBody<B, E> {
+    pub(crate) fn passthrough(body: B) -> Self {
+        Self {
+            inner: CoreBody::inner(body),
+            eos: None,
+        }
+    }
+
+    pub(crate) fn classify_at_eos(body: B, classify: E, guard: Guard) -> Self {
+        Self {
+            inner: CoreBody::inner(body),
+            eos: Some(Eos { classify, guard }),
+        }
+    }
+
+    pub(crate) fn rejection(body: Bytes) -> Self {
+        Self {
+            inner: CoreBody::full(body),
+            eos: None,
+        }
+    }
+}
+
+impl<B, E> Body for ResponseBody<B, E>
+where
+    B: Body<Data = Bytes>,
+    B::Error: fmt::Display + 'static,
+    E: ClassifyEos,
+    E::FailureClass: Into<Failure>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if this.eos.is_some() {
+            let trailers: Option<Option<&HeaderMap>> = match &frame {
+                None => Some(None),
+                Some(Ok(f)) => f.trailers_ref().map(Some),
+                Some(Err(_)) => None,
+            };
+            if let Some(trailers) = trailers {
+                let eos = this.eos.take().expect("checked");
+                let Eos {
+                    classify,
+                    mut guard,
+                } = eos;
+                let failure = classify.classify_eos(trailers).err().map(Into::into);
+                guard.finish(failure.as_ref());
+            } else if let Some(Err(e)) = &frame {
+                let eos = this.eos.take().expect("checked");
+                let Eos {
+                    classify,
+                    mut guard,
+                } = eos;
+                let failure: Failure = classify.classify_error(e).into();
+                guard.finish(Some(&failure));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

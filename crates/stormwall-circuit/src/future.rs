@@ -1,0 +1,211 @@
+//! The response future.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use pin_project_lite::pin_project;
+use stormwall_core::classify::{ClassifiedResponse, ClassifyResponse, Failure};
+use stormwall_core::headers::{GRPC_RETRY_PUSHBACK_MS, ceil_secs};
+
+use crate::body::{Guard, ResponseBody};
+use crate::breaker::CircuitOpen;
+use crate::error::CircuitBreakerError;
+use crate::layer::{Fail, Respond};
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](crate::CircuitBreaker).
+    pub struct ResponseFuture<F, C, M> {
+        #[pin]
+        kind: Kind<F, C>,
+        _mode: PhantomData<fn() -> M>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C> {
+        Rejected {
+            open: Option<CircuitOpen>,
+            grpc: bool,
+        },
+        Call {
+            #[pin]
+            future: F,
+            classifier: Option<C>,
+            guard: Guard,
+            start: Option<tokio::time::Instant>,
+            slow_after: Option<std::time::Duration>,
+        },
+    }
+}
+
+impl<F, C, M> fmt::Debug for ResponseFuture<F, C, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.kind {
+            Kind::Rejected { .. } => "rejected",
+            Kind::Call { .. } => "call",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<F, C, M> ResponseFuture<F, C, M> {
+    pub(crate) fn rejected(open: CircuitOpen, grpc: bool) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                open: Some(open),
+                grpc,
+            },
+            _mode: PhantomData,
+        }
+    }
+
+    pub(crate) fn call(
+        future: F,
+        classifier: C,
+        guard: Guard,
+        slow_after: Option<std::time::Duration>,
+    ) -> Self {
+        Self {
+            kind: Kind::Call {
+                future,
+                classifier: Some(classifier),
+                guard,
+                start: slow_after.map(|_| tokio::time::Instant::now()),
+                slow_after,
+            },
+            _mode: PhantomData,
+        }
+    }
+}
+
+/// Polls the call and classifies its outcome. `Err(None)` means rejected.
+#[allow(clippy::type_complexity)]
+fn poll_call<F, C, B, E>(
+    kind: Pin<&mut Kind<F, C>>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResponseBody<B, C::ClassifyEos>>, Result<E, (CircuitOpen, bool)>>>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    C: ClassifyResponse,
+    C::FailureClass: Into<Failure>,
+    E: fmt::Display + 'static,
+{
+    match kind.project() {
+        KindProj::Rejected { open, grpc } => {
+            let open = open.take().expect("polled after completion");
+            Poll::Ready(Err(Err((open, *grpc))))
+        }
+        KindProj::Call {
+            future,
+            classifier,
+            guard,
+            start,
+            slow_after,
+        } => {
+            let result = ready!(future.poll(cx));
+            if let (Some(start), Some(after)) = (start, slow_after) {
+                guard.slow = start.elapsed() >= *after;
+            }
+            let classifier = classifier.take().expect("polled after completion");
+            match result {
+                Ok(res) => match classifier.classify_response(&res) {
+                    ClassifiedResponse::Ready(outcome) => {
+                        let failure = outcome.err().map(Into::into);
+                        guard.finish(failure.as_ref());
+                        Poll::Ready(Ok(res.map(ResponseBody::passthrough)))
+                    }
+                    ClassifiedResponse::RequiresEos(eos) => {
+                        let guard = Guard {
+                            breaker: guard.breaker.clone(),
+                            permit: guard.permit.take(),
+                            slow: guard.slow,
+                        };
+                        Poll::Ready(Ok(res.map(|b| ResponseBody::classify_at_eos(b, eos, guard))))
+                    }
+                },
+                Err(e) => {
+                    let failure: Failure = classifier.classify_error(&e).into();
+                    guard.finish(Some(&failure));
+                    Poll::Ready(Err(Ok(e)))
+                }
+            }
+        }
+    }
+}
+
+impl<F, C, B, E> Future for ResponseFuture<F, C, Fail>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    C: ClassifyResponse,
+    C::FailureClass: Into<Failure>,
+    E: fmt::Display + 'static,
+{
+    type Output = Result<Response<ResponseBody<B, C::ClassifyEos>>, CircuitBreakerError<E>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match ready!(poll_call(self.project().kind, cx)) {
+            Ok(res) => Poll::Ready(Ok(res)),
+            Err(Ok(e)) => Poll::Ready(Err(CircuitBreakerError::Inner(e))),
+            Err(Err((open, _))) => Poll::Ready(Err(CircuitBreakerError::Open(open))),
+        }
+    }
+}
+
+impl<F, C, B, E> Future for ResponseFuture<F, C, Respond>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    C: ClassifyResponse,
+    C::FailureClass: Into<Failure>,
+    E: fmt::Display + 'static,
+{
+    type Output = Result<Response<ResponseBody<B, C::ClassifyEos>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match ready!(poll_call(self.project().kind, cx)) {
+            Ok(res) => Poll::Ready(Ok(res)),
+            Err(Ok(e)) => Poll::Ready(Err(e)),
+            Err(Err((open, grpc))) => Poll::Ready(Ok(rejection(&open, grpc))),
+        }
+    }
+}
+
+/// The rejection response: 503 + `Retry-After` for HTTP, a trailers-only `UNAVAILABLE` for
+/// gRPC.
+pub(crate) fn rejection<B, E>(open: &CircuitOpen, grpc: bool) -> Response<ResponseBody<B, E>> {
+    let secs = ceil_secs(open.remaining).max(1);
+    if grpc {
+        let mut res = Response::new(ResponseBody::rejection(Bytes::new()));
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("grpc-status", HeaderValue::from_static("14"));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("circuit%20breaker%20open"),
+        );
+        let ms = open.remaining.as_millis().max(1).min(u64::MAX as u128) as u64;
+        h.insert(&GRPC_RETRY_PUSHBACK_MS, HeaderValue::from(ms));
+        return res;
+    }
+    let mut res = Response::new(ResponseBody::rejection(Bytes::from_static(
+        b"circuit breaker open\n",
+    )));
+    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    let h = res.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}

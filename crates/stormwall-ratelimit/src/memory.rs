@@ -1,0 +1,672 @@
+//! [`InMemoryStore`]: limit state in this process, bounded.
+
+use std::fmt;
+use std::future::{Ready, ready};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use stormwall_core::time::Instant;
+
+use crate::algorithm::{
+    Algorithm, Decision, FixedWindow, Gcra, LeakyBucket, SlidingCounter, SlidingLog,
+};
+use crate::quota::Quota;
+use crate::store::{CheckMode, LimitCheck, LimitId, LimitKey, Store, StoreError, combine};
+
+/// What a full [`InMemoryStore`] does with a new key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtCapacity {
+    /// Refuse the request ([`StoreError::Capacity`], which the layer turns into a rejection).
+    #[default]
+    Refuse,
+    /// Count the request against one shared overflow key per limit
+    /// ([`LimitKey::overflow`]), which always exists: new clients share one quota until keys
+    /// free up.
+    Overflow,
+}
+
+/// Limit state in this process: one concurrent map entry per (limit, key).
+///
+/// - GCRA and the leaky bucket keep one `AtomicU64` per key, updated with one
+///   compare-and-swap per decision (no lock); the window algorithms keep a small state
+///   behind a per-key mutex.
+/// - **Bounded**: at most [`max_keys`](InMemoryStore::max_keys) keys (default 100,000; may be
+///   exceeded by at most the number of threads inserting at the same instant). When full, the
+///   store first sweeps *idle* keys (keys whose state is indistinguishable from a fresh key:
+///   a full bucket, an empty window), then refuses new keys or routes them to a shared
+///   overflow key ([`AtCapacity`]). A key that still holds state is **never** evicted, since
+///   that would reset its limit. Sweeps also run every [`sweep_interval`](InMemoryStore::sweep_interval)
+///   as keys are added, and on demand with [`sweep`](InMemoryStore::sweep).
+/// - Memory: [`InMemoryStore::bytes_per_key`] bytes per GCRA key (plus the key's own heap for
+///   string keys); [`stats`](InMemoryStore::stats) reports an estimate of the total.
+///
+/// Cloning is cheap and shares the state.
+///
+/// ```
+/// use std::time::Duration;
+/// use stormwall_core::time::Instant;
+/// use stormwall_ratelimit::{InMemoryStore, Quota, algorithm::Algorithm};
+/// use stormwall_ratelimit::store::{CheckMode, LimitCheck, LimitId, LimitKey, Store};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = InMemoryStore::new().max_keys(10_000);
+/// let (global, per_user) = (LimitId::new("global"), LimitId::new("per-user"));
+/// let (g, alice) = (LimitKey::global(), LimitKey::from_string("alice"));
+/// let checks = [
+///     LimitCheck { limit: &global, key: &g, quota: Quota::per_second(100).unwrap(), algorithm: Algorithm::Gcra, cost: 1 },
+///     LimitCheck { limit: &per_user, key: &alice, quota: Quota::per_second(1).unwrap(), algorithm: Algorithm::Gcra, cost: 1 },
+/// ];
+/// let now = Instant::now();
+/// assert!(store.check(now, &checks, CheckMode::Acquire).await.unwrap().allowed);
+/// let second = store.check(now, &checks, CheckMode::Acquire).await.unwrap();
+/// assert!(!second.allowed);
+/// assert_eq!(second.index, 1); // the per-user limit rejected
+/// assert_eq!(second.retry_after, Duration::from_secs(1));
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct InMemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    map: DashMap<(u32, LimitKey), Slot>,
+    epoch: Instant,
+    max_keys: usize,
+    at_capacity: AtCapacity,
+    sweep_interval: u64,
+    len: AtomicUsize,
+    last_sweep: AtomicU64,
+    refused: AtomicU64,
+    overflowed: AtomicU64,
+    swept: AtomicU64,
+}
+
+enum Slot {
+    Tat(AtomicU64),
+    Log(Box<Mutex<(SlidingLog, Quota)>>),
+    Counter(Box<Mutex<(SlidingCounter, Quota)>>),
+    Fixed(Box<Mutex<(FixedWindow, Quota)>>),
+}
+
+impl Slot {
+    fn new(algorithm: Algorithm, quota: Quota) -> Self {
+        match algorithm {
+            Algorithm::SlidingLog => {
+                Self::Log(Box::new(Mutex::new((SlidingLog::default(), quota))))
+            }
+            Algorithm::SlidingCounter => {
+                Self::Counter(Box::new(Mutex::new((SlidingCounter::default(), quota))))
+            }
+            Algorithm::FixedWindow => {
+                Self::Fixed(Box::new(Mutex::new((FixedWindow::default(), quota))))
+            }
+            Algorithm::Gcra | Algorithm::LeakyBucket => Self::Tat(AtomicU64::new(0)),
+        }
+    }
+
+    fn matches(&self, algorithm: Algorithm) -> bool {
+        matches!(
+            (self, algorithm),
+            (Self::Tat(_), Algorithm::Gcra | Algorithm::LeakyBucket)
+                | (Self::Log(_), Algorithm::SlidingLog)
+                | (Self::Counter(_), Algorithm::SlidingCounter)
+                | (Self::Fixed(_), Algorithm::FixedWindow)
+        )
+    }
+
+    fn is_idle(&self, now: u64) -> bool {
+        match self {
+            Self::Tat(tat) => Gcra::is_idle(tat.load(Ordering::Relaxed), now),
+            Self::Log(m) => {
+                let g = m.lock();
+                g.0.is_idle(&g.1, now)
+            }
+            Self::Counter(m) => {
+                let g = m.lock();
+                g.0.is_idle(&g.1, now)
+            }
+            Self::Fixed(m) => {
+                let g = m.lock();
+                g.0.is_idle(&g.1, now)
+            }
+        }
+    }
+
+    /// Decides (and, if `commit`, spends); returns the decision and the time to refund at.
+    fn decide(&self, c: &LimitCheck<'_>, now: u64, commit: bool) -> (Decision, u64) {
+        let q = &c.quota;
+        match self {
+            Self::Tat(tat) => {
+                let decide = if c.algorithm == Algorithm::LeakyBucket {
+                    LeakyBucket::decide
+                } else {
+                    Gcra::decide
+                };
+                let mut cur = tat.load(Ordering::Acquire);
+                loop {
+                    let (dec, new) = decide(q, cur, now, c.cost);
+                    let Some(new) = new.filter(|_| commit) else {
+                        return (dec, now);
+                    };
+                    match tat.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => return (dec, now),
+                        Err(actual) => cur = actual,
+                    }
+                }
+            }
+            Self::Log(m) => {
+                let mut g = m.lock();
+                g.1 = *q;
+                let at = g.0.effective_now(now);
+                let dec = g.0.decide(q, now, c.cost, commit);
+                (dec, at)
+            }
+            Self::Counter(m) => {
+                let mut g = m.lock();
+                g.1 = *q;
+                (g.0.decide(q, now, c.cost, commit), now)
+            }
+            Self::Fixed(m) => {
+                let mut g = m.lock();
+                g.1 = *q;
+                (g.0.decide(q, now, c.cost, commit), now)
+            }
+        }
+    }
+
+    fn refund(&self, c: &LimitCheck<'_>, at: u64) {
+        let q = &c.quota;
+        match self {
+            Self::Tat(tat) => {
+                let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                    Some(Gcra::refund(q, t, c.cost))
+                });
+            }
+            Self::Log(m) => m.lock().0.refund(at, c.cost),
+            Self::Counter(m) => m.lock().0.refund(q, at, c.cost),
+            Self::Fixed(m) => m.lock().0.refund(q, at, c.cost),
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Log(m) => m.lock().0.heap_bytes() + size_of::<Mutex<(SlidingLog, Quota)>>(),
+            Self::Counter(_) => size_of::<Mutex<(SlidingCounter, Quota)>>(),
+            Self::Fixed(_) => size_of::<Mutex<(FixedWindow, Quota)>>(),
+            Self::Tat(_) => 0,
+        }
+    }
+}
+
+impl fmt::Debug for InMemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InMemoryStore")
+            .field("keys", &self.inner.len.load(Ordering::Relaxed))
+            .field("max_keys", &self.inner.max_keys)
+            .field("at_capacity", &self.inner.at_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InMemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A snapshot of an [`InMemoryStore`]'s bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Keys currently held.
+    pub keys: usize,
+    /// The key cap.
+    pub max_keys: usize,
+    /// New keys refused at the cap.
+    pub refused: u64,
+    /// New keys routed to the overflow key at the cap.
+    pub overflowed: u64,
+    /// Idle keys removed by sweeps.
+    pub swept: u64,
+    /// Estimated bytes held by the map (entries, table overhead, string keys, logs).
+    pub approx_bytes: usize,
+}
+
+impl InMemoryStore {
+    /// An empty store: 100,000 keys at most, refusing new keys at the cap, sweeping at most
+    /// every second.
+    pub fn new() -> Self {
+        Self::build(100_000, AtCapacity::Refuse, Duration::from_secs(1))
+    }
+
+    fn build(max_keys: usize, at_capacity: AtCapacity, sweep: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                map: DashMap::new(),
+                epoch: Instant::now(),
+                max_keys,
+                at_capacity,
+                sweep_interval: u64::try_from(sweep.as_nanos()).unwrap_or(u64::MAX),
+                len: AtomicUsize::new(0),
+                last_sweep: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                overflowed: AtomicU64::new(0),
+                swept: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn rebuild(self, f: impl FnOnce(&mut (usize, AtCapacity, Duration))) -> Self {
+        let mut cfg = (
+            self.inner.max_keys,
+            self.inner.at_capacity,
+            Duration::from_nanos(self.inner.sweep_interval),
+        );
+        f(&mut cfg);
+        Self::build(cfg.0, cfg.1, cfg.2)
+    }
+
+    /// Sets the key cap (a builder method: returns a new, empty store).
+    pub fn max_keys(self, max: usize) -> Self {
+        self.rebuild(|c| c.0 = max.max(1))
+    }
+
+    /// Sets what happens to new keys at the cap (a builder method: returns a new, empty store).
+    pub fn at_capacity(self, at: AtCapacity) -> Self {
+        self.rebuild(|c| c.1 = at)
+    }
+
+    /// Sets the minimum time between automatic sweeps (a builder method: returns a new,
+    /// empty store).
+    pub fn sweep_interval(self, every: Duration) -> Self {
+        self.rebuild(|c| c.2 = every)
+    }
+
+    /// The approximate size of one GCRA/leaky-bucket key with a small key (IP, integer,
+    /// global) in the map, in bytes: the entry plus the hash table's control byte, at its 7/8
+    /// maximum load. Window algorithms add a boxed state (about 50-80 bytes; the sliding log
+    /// also 16 bytes per remembered admission), string keys their length plus 16.
+    pub const fn bytes_per_key() -> usize {
+        (size_of::<((u32, LimitKey), Slot)>() + 1) * 8 / 7
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        // +1 so that a fresh state (0) is always "in the past".
+        u64::try_from(now.saturating_duration_since(self.inner.epoch).as_nanos())
+            .unwrap_or(u64::MAX / 2)
+            + 1
+    }
+
+    /// Removes every idle key (one whose state equals a fresh key's); returns how many.
+    pub fn sweep(&self, now: Instant) -> usize {
+        let now = self.nanos(now);
+        let mut removed = 0;
+        self.inner.map.retain(|_, slot| {
+            let keep = !slot.is_idle(now);
+            removed += usize::from(!keep);
+            keep
+        });
+        self.inner.len.fetch_sub(removed, Ordering::Relaxed);
+        self.inner
+            .swept
+            .fetch_add(removed as u64, Ordering::Relaxed);
+        self.inner.last_sweep.store(now, Ordering::Relaxed);
+        if removed > 0 {
+            tracing::debug!(removed, "stormwall rate limit: swept idle keys");
+        }
+        removed
+    }
+
+    /// Keys currently held.
+    pub fn len(&self) -> usize {
+        self.inner.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds no key.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A snapshot of the store's bookkeeping.
+    pub fn stats(&self) -> StoreStats {
+        let keys = self.len();
+        let mut heap = 0;
+        for e in &self.inner.map {
+            heap += e.key().1.heap_bytes() + e.value().heap_bytes();
+        }
+        StoreStats {
+            keys,
+            max_keys: self.inner.max_keys,
+            refused: self.inner.refused.load(Ordering::Relaxed),
+            overflowed: self.inner.overflowed.load(Ordering::Relaxed),
+            swept: self.inner.swept.load(Ordering::Relaxed),
+            approx_bytes: self.inner.map.capacity() * Self::bytes_per_key() * 7 / 8 + heap,
+        }
+    }
+
+    /// Runs `f` on the slot of `(limit, key)`, creating it if needed and allowed.
+    fn with_slot<R>(
+        &self,
+        c: &LimitCheck<'_>,
+        now: u64,
+        create: bool,
+        f: impl FnOnce(&Slot) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let inner = &*self.inner;
+        let mut id = (c.limit.id(), c.key.clone());
+        for _ in 0..3 {
+            if let Some(slot) = inner.map.get(&id) {
+                if slot.matches(c.algorithm) {
+                    return Ok(Some(f(&slot)));
+                }
+                drop(slot);
+                // The limit changed algorithm at run time: start that key afresh.
+                if let Some(mut slot) = inner.map.get_mut(&id) {
+                    *slot = Slot::new(c.algorithm, c.quota);
+                }
+                continue;
+            }
+            if !create {
+                return Ok(None);
+            }
+            if !id.1.is_overflow() && inner.len.load(Ordering::Relaxed) >= inner.max_keys {
+                let last = inner.last_sweep.load(Ordering::Relaxed);
+                if now.saturating_sub(last) >= inner.sweep_interval || last == 0 {
+                    self.sweep_nanos(now);
+                }
+                if inner.len.load(Ordering::Relaxed) >= inner.max_keys {
+                    match inner.at_capacity {
+                        AtCapacity::Refuse => {
+                            inner.refused.fetch_add(1, Ordering::Relaxed);
+                            return Err(StoreError::Capacity(inner.max_keys));
+                        }
+                        AtCapacity::Overflow => {
+                            inner.overflowed.fetch_add(1, Ordering::Relaxed);
+                            id.1 = LimitKey::overflow();
+                            continue;
+                        }
+                    }
+                }
+            }
+            let mut inserted = false;
+            inner.map.entry(id.clone()).or_insert_with(|| {
+                inserted = true;
+                Slot::new(c.algorithm, c.quota)
+            });
+            if inserted {
+                inner.len.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        // Only reachable if the entry is removed between insert and read three times over.
+        Ok(inner.map.get(&id).map(|slot| f(&slot)))
+    }
+
+    fn sweep_nanos(&self, now: u64) {
+        let mut removed = 0;
+        self.inner.map.retain(|_, slot| {
+            let keep = !slot.is_idle(now);
+            removed += usize::from(!keep);
+            keep
+        });
+        self.inner.len.fetch_sub(removed, Ordering::Relaxed);
+        self.inner
+            .swept
+            .fetch_add(removed as u64, Ordering::Relaxed);
+        self.inner.last_sweep.store(now, Ordering::Relaxed);
+    }
+
+    fn peek_one(&self, c: &LimitCheck<'_>, now: u64) -> Result<Decision, StoreError> {
+        Ok(self
+            .with_slot(c, now, false, |slot| slot.decide(c, now, false).0)?
+            .unwrap_or_else(|| Slot::new(c.algorithm, c.quota).decide(c, now, false).0))
+    }
+
+    /// Synchronous [`Store::check`] (what the future returns).
+    pub fn check_now(
+        &self,
+        now: Instant,
+        checks: &[LimitCheck<'_>],
+        mode: CheckMode,
+    ) -> Result<Decision, StoreError> {
+        let now = self.nanos(now);
+        if mode == CheckMode::Peek {
+            let mut decisions = Vec::with_capacity(checks.len());
+            for c in checks {
+                decisions.push(self.peek_one(c, now)?);
+            }
+            return Ok(combine(decisions).unwrap_or_else(crate::store::unlimited));
+        }
+        // Fast path: one limit.
+        if let [c] = checks {
+            return Ok(self
+                .with_slot(c, now, true, |slot| slot.decide(c, now, true).0)?
+                .unwrap_or_else(|| Slot::new(c.algorithm, c.quota).decide(c, now, false).0));
+        }
+        let mut committed: Vec<(usize, u64)> = Vec::with_capacity(checks.len());
+        let mut decisions = Vec::with_capacity(checks.len());
+        for (i, c) in checks.iter().enumerate() {
+            let result = self.with_slot(c, now, true, |slot| slot.decide(c, now, true));
+            let (dec, at) = match result {
+                Ok(Some(r)) => r,
+                Ok(None) => (Slot::new(c.algorithm, c.quota).decide(c, now, false).0, now),
+                Err(e) => {
+                    self.undo(checks, &committed, now);
+                    return Err(e);
+                }
+            };
+            if !dec.allowed {
+                self.undo(checks, &committed, now);
+                // Report every rejecting limit's wait: peek at the ones not yet evaluated.
+                let mut all: Vec<Decision> = decisions;
+                all.push(dec);
+                for c in &checks[i + 1..] {
+                    all.push(self.peek_one(c, now)?);
+                }
+                return Ok(combine(all).unwrap_or_else(crate::store::unlimited));
+            }
+            if c.cost > 0 {
+                committed.push((i, at));
+            }
+            decisions.push(dec);
+        }
+        Ok(combine(decisions).unwrap_or_else(crate::store::unlimited))
+    }
+
+    fn undo(&self, checks: &[LimitCheck<'_>], committed: &[(usize, u64)], now: u64) {
+        for &(i, at) in committed {
+            let c = &checks[i];
+            let _ = self.with_slot(c, now, false, |slot| slot.refund(c, at));
+        }
+    }
+
+    /// Synchronous [`Store::reset`].
+    pub fn reset_now(&self, limit: &LimitId, key: &LimitKey) {
+        if self.inner.map.remove(&(limit.id(), key.clone())).is_some() {
+            self.inner.len.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Store for InMemoryStore {
+    type CheckFuture = Ready<Result<Decision, StoreError>>;
+    type ResetFuture = Ready<Result<(), StoreError>>;
+
+    fn check(&self, now: Instant, checks: &[LimitCheck<'_>], mode: CheckMode) -> Self::CheckFuture {
+        ready(self.check_now(now, checks, mode))
+    }
+
+    fn reset(&self, limit: &LimitId, key: &LimitKey) -> Self::ResetFuture {
+        self.reset_now(limit, key);
+        ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check<'a>(limit: &'a LimitId, key: &'a LimitKey, q: Quota, a: Algorithm) -> LimitCheck<'a> {
+        LimitCheck {
+            limit,
+            key,
+            quota: q,
+            algorithm: a,
+            cost: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn multi_limit_rejection_spends_nothing_in_any_algorithm() {
+        for a in [
+            Algorithm::Gcra,
+            Algorithm::SlidingLog,
+            Algorithm::SlidingCounter,
+            Algorithm::FixedWindow,
+        ] {
+            let store = InMemoryStore::new();
+            let (g, u) = (LimitId::new("global"), LimitId::new("user"));
+            let (gk, alice, bob) = (
+                LimitKey::global(),
+                LimitKey::from_string("alice"),
+                LimitKey::from_string("bob"),
+            );
+            let global = Quota::per_second(3).unwrap();
+            let user = Quota::per_second(1).unwrap();
+            let now = Instant::now();
+            let both = |k| [check(&g, &gk, global, a), check(&u, k, user, a)];
+            assert!(
+                store
+                    .check_now(now, &both(&alice), CheckMode::Acquire)
+                    .unwrap()
+                    .allowed
+            );
+            for _ in 0..10 {
+                let d = store
+                    .check_now(now, &both(&alice), CheckMode::Acquire)
+                    .unwrap();
+                assert!(!d.allowed, "{a:?}");
+                assert_eq!(d.index, 1);
+            }
+            // The global limit still has 2 of 3: bob and carol get through, then it is spent.
+            assert!(
+                store
+                    .check_now(now, &both(&bob), CheckMode::Acquire)
+                    .unwrap()
+                    .allowed
+            );
+            let carol = LimitKey::from_string("carol");
+            assert!(
+                store
+                    .check_now(now, &both(&carol), CheckMode::Acquire)
+                    .unwrap()
+                    .allowed
+            );
+            let dave = LimitKey::from_string("dave");
+            let d = store
+                .check_now(now, &both(&dave), CheckMode::Acquire)
+                .unwrap();
+            assert_eq!((d.allowed, d.index), (false, 0), "{a:?}");
+            // And dave's own limit was not spent by that rejection.
+            let peek = store
+                .check_now(now, &[check(&u, &dave, user, a)], CheckMode::Peek)
+                .unwrap();
+            assert_eq!(
+                peek.remaining, 0,
+                "peek reports remaining after a spend of 1"
+            );
+            assert!(peek.allowed, "{a:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cap_refuses_or_overflows_and_sweeps_only_idle_keys() {
+        let q = Quota::per_second(1).unwrap();
+        let id = LimitId::new("ip");
+        let store = InMemoryStore::new().max_keys(10);
+        let now = Instant::now();
+        for i in 0..10u64 {
+            let k = LimitKey::from_key(&i);
+            assert!(
+                store
+                    .check_now(
+                        now,
+                        &[check(&id, &k, q, Algorithm::Gcra)],
+                        CheckMode::Acquire
+                    )
+                    .unwrap()
+                    .allowed
+            );
+        }
+        let k = LimitKey::from_key(&99u64);
+        let err = store
+            .check_now(
+                now,
+                &[check(&id, &k, q, Algorithm::Gcra)],
+                CheckMode::Acquire,
+            )
+            .unwrap_err();
+        assert_eq!(err, StoreError::Capacity(10));
+        // The existing keys keep their (spent) state.
+        let k0 = LimitKey::from_key(&0u64);
+        assert!(
+            !store
+                .check_now(
+                    now,
+                    &[check(&id, &k0, q, Algorithm::Gcra)],
+                    CheckMode::Acquire
+                )
+                .unwrap()
+                .allowed
+        );
+        // After a second every bucket is full again: a sweep frees them all.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(
+            store
+                .check_now(
+                    Instant::now(),
+                    &[check(&id, &k, q, Algorithm::Gcra)],
+                    CheckMode::Acquire
+                )
+                .unwrap()
+                .allowed
+        );
+        assert_eq!(store.len(), 1);
+
+        let store = InMemoryStore::new()
+            .max_keys(2)
+            .at_capacity(AtCapacity::Overflow);
+        let now = Instant::now();
+        let keys: Vec<_> = (0..5u64).map(|i| LimitKey::from_key(&i)).collect();
+        let admitted = keys
+            .iter()
+            .filter(|k| {
+                store
+                    .check_now(
+                        now,
+                        &[check(&id, k, q, Algorithm::Gcra)],
+                        CheckMode::Acquire,
+                    )
+                    .unwrap()
+                    .allowed
+            })
+            .count();
+        assert_eq!(
+            admitted, 3,
+            "two own keys + one shared overflow bucket of 1"
+        );
+        assert_eq!(store.stats().overflowed, 3);
+    }
+
+    #[test]
+    fn bytes_per_key_is_small() {
+        assert!(
+            InMemoryStore::bytes_per_key() <= 80,
+            "{}",
+            InMemoryStore::bytes_per_key()
+        );
+    }
+}

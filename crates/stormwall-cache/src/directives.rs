@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http::header::{CACHE_CONTROL, PRAGMA};
 
 /// The largest delta-seconds value we represent (RFC 9111 §1.2.2: 2^31).
-pub const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
+pub(crate) const MAX_DELTA_SECONDS: u64 = 2_147_483_648;
 
 /// Response `Cache-Control` directives (RFC 9111 §5.2.2, RFC 5861).
 ///

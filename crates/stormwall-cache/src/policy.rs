@@ -352,6 +352,16 @@ pub(crate) fn url_key(method: &Method, url: &str) -> Option<String> {
     Some(primary_key(method, &origin, &uri))
 }
 
+/// The key prefix for an absolute URL prefix (`http://host/api/`), for purges.
+pub(crate) fn prefix_key(prefix: &str) -> Option<String> {
+    let (scheme, rest) = prefix.split_once("://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    Some(format!("GET {}{}", origin_of(scheme, authority), path))
+}
+
 /// RFC 9111 §4.4: the keys a successful unsafe request invalidates: the target URI, and
 /// `Location`/`Content-Location` when same-origin.
 pub(crate) fn invalidation_keys(origin: &str, uri: &Uri, res_headers: &HeaderMap) -> Vec<String> {

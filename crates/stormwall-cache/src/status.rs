@@ -1,0 +1,142 @@
+//! RFC 9211 `Cache-Status` values.
+
+use std::fmt::Write;
+
+use http::HeaderValue;
+use http::header::HeaderName;
+
+/// The `Cache-Status` header name.
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Why a request went forward (RFC 9211 §2.2 `fwd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fwd {
+    Bypass,
+    Method,
+    UriMiss,
+    VaryMiss,
+    Request,
+    Stale,
+}
+
+impl Fwd {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Bypass => "bypass",
+            Self::Method => "method",
+            Self::UriMiss => "uri-miss",
+            Self::VaryMiss => "vary-miss",
+            Self::Request => "request",
+            Self::Stale => "stale",
+        }
+    }
+}
+
+/// One cache's member of `Cache-Status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Status {
+    pub(crate) hit: bool,
+    pub(crate) fwd: Option<Fwd>,
+    pub(crate) fwd_status: Option<u16>,
+    pub(crate) ttl: Option<i64>,
+    pub(crate) stored: bool,
+    pub(crate) collapsed: bool,
+    pub(crate) detail: Option<&'static str>,
+}
+
+impl Status {
+    pub(crate) fn hit(ttl: i64) -> Self {
+        Self {
+            hit: true,
+            ttl: Some(ttl),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn fwd(fwd: Fwd) -> Self {
+        Self {
+            fwd: Some(fwd),
+            ..Self::default()
+        }
+    }
+
+    pub(crate) fn detail(mut self, detail: &'static str) -> Self {
+        self.detail = Some(detail);
+        self
+    }
+
+    /// Formats the member after `name` (an already formatted sf-token or sf-string).
+    pub(crate) fn to_header(self, name: &str) -> HeaderValue {
+        let mut s = String::with_capacity(name.len() + 48);
+        s.push_str(name);
+        if self.hit {
+            s.push_str("; hit");
+        }
+        if let Some(fwd) = self.fwd {
+            s.push_str("; fwd=");
+            s.push_str(fwd.as_str());
+        }
+        if let Some(code) = self.fwd_status {
+            let _ = write!(s, "; fwd-status={code}");
+        }
+        if let Some(ttl) = self.ttl {
+            let _ = write!(s, "; ttl={ttl}");
+        }
+        if self.stored {
+            s.push_str("; stored");
+        }
+        if self.collapsed {
+            s.push_str("; collapsed");
+        }
+        if let Some(d) = self.detail {
+            s.push_str("; detail=");
+            s.push_str(d);
+        }
+        HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("stormwall"))
+    }
+}
+
+/// Formats a cache name as an sf-token when possible, else as an sf-string.
+pub(crate) fn format_name(name: &str) -> String {
+    let is_token = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '*')
+        && name.chars().all(|c| {
+            c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:/".contains(c)
+        });
+    if is_token {
+        return name.to_owned();
+    }
+    let mut s = String::from("\"");
+    for c in name.chars().filter(|c| (' '..='~').contains(c)) {
+        if c == '"' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 9211 §2: member syntax.
+    #[test]
+    fn rfc9211_formatting() {
+        let st = Status {
+            fwd: Some(Fwd::UriMiss),
+            fwd_status: Some(200),
+            ttl: Some(60),
+            stored: true,
+            ..Status::default()
+        };
+        assert_eq!(st.to_header("edge"), "edge; fwd=uri-miss; fwd-status=200; ttl=60; stored");
+        assert_eq!(Status::hit(-3).to_header("c"), "c; hit; ttl=-3");
+        assert_eq!(format_name("My Cache \"1\""), "\"My Cache \\\"1\\\"\"");
+        assert_eq!(format_name("cdn.example"), "cdn.example");
+        assert_eq!(format_name(""), "\"\"");
+    }
+}

@@ -1,0 +1,434 @@
+//! [`ResponseFuture`]: check → (queue → sleep → check)* → call → decorate.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use stormwall_core::response::ResponseBody;
+use stormwall_core::time::{Instant, saturating_add};
+use tokio::time::{Sleep, sleep_until};
+use tower_service::Service;
+
+use crate::adaptive::Gated;
+use crate::algorithm::Decision;
+use crate::layer::{FailurePolicy, Mode, Shared, WaitEvent};
+use crate::response::{
+    RateLimitWait, RateLimited, RejectReason, quota_headers, reject_response, rejection,
+};
+use crate::service::Prepared;
+use crate::stats::inc;
+use crate::store::{CheckMode, LimitCheck, Store};
+use crate::wait::Ticket;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, C> {
+        Start,
+        Check { #[pin] fut: C },
+        Queued { #[pin] deadline: Sleep },
+        Sleep { #[pin] sleep: Sleep, recheck: bool },
+        Ready,
+        Inner { #[pin] fut: F },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`](crate::RateLimit).
+    pub struct ResponseFuture<S, ReqB, St>
+    where
+        S: Service<Request<ReqB>>,
+        St: Store,
+    {
+        #[pin]
+        state: State<S::Future, St::CheckFuture>,
+        ctx: Ctx<S, ReqB, St>,
+    }
+}
+
+struct Ctx<S, ReqB, St> {
+    inner: S,
+    req: Option<Request<ReqB>>,
+    shared: Arc<Shared<St>>,
+    p: Prepared,
+    started: Instant,
+    released: Option<Instant>,
+    ticket: Option<Ticket>,
+    decision: Option<Decision>,
+    gated: Option<Gated>,
+}
+
+impl<S, ReqB, St> fmt::Debug for ResponseFuture<S, ReqB, St>
+where
+    S: Service<Request<ReqB>>,
+    St: Store,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("started", &self.ctx.started)
+            .field("waiting", &self.ctx.ticket.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, St> ResponseFuture<S, ReqB, St>
+where
+    S: Service<Request<ReqB>>,
+    St: Store,
+{
+    pub(crate) fn new(
+        inner: S,
+        req: Request<ReqB>,
+        shared: Arc<Shared<St>>,
+        p: Prepared,
+        started: Instant,
+    ) -> Self {
+        Self {
+            state: State::Start,
+            ctx: Ctx {
+                inner,
+                req: Some(req),
+                shared,
+                p,
+                started,
+                released: None,
+                ticket: None,
+                decision: None,
+                gated: None,
+            },
+        }
+    }
+}
+
+/// What to do next after a step of the state machine.
+enum Next<C> {
+    Check(C),
+    Queue(Instant),
+    Sleep(Instant, bool),
+    Ready,
+    Reject(RejectReason, Duration, Option<Decision>),
+}
+
+impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
+    fn deadline(&self) -> Instant {
+        match self.shared.mode {
+            Mode::Wait { max_wait } => saturating_add(self.started, max_wait),
+            Mode::Reject => self.started,
+        }
+    }
+
+    fn begin(&mut self) -> Next<St::CheckFuture> {
+        if let Mode::Wait { .. } = self.shared.mode
+            && self.shared.queue.has_waiters(self.p.queue_key)
+        {
+            // Others wait for the same keys: take a place behind them (FIFO).
+            return match self.shared.queue.enqueue(self.p.queue_key, self.p.priority) {
+                Some(t) => {
+                    self.ticket = Some(t);
+                    Next::Queue(self.deadline())
+                }
+                None => Next::Reject(RejectReason::QueueFull, Duration::from_secs(1), None),
+            };
+        }
+        self.check()
+    }
+
+    fn check(&mut self) -> Next<St::CheckFuture> {
+        let now = Instant::now();
+        let shared = &*self.shared;
+        if let Some(adaptive) = &shared.adaptive {
+            let keys = self
+                .p
+                .keys
+                .iter()
+                .zip(&shared.limits)
+                .filter(|(_, l)| l.adaptive)
+                .map(|((k, _), l)| (l.id.id(), k.clone()));
+            match adaptive.gate(keys, now) {
+                Ok(g) => self.gated = Some(g),
+                Err(wait) => return self.over(now, wait, None),
+            }
+        }
+        let cost = self.p.cost;
+        let fut = if let ([(key, quota)], [limit]) = (&self.p.keys[..], &shared.limits[..]) {
+            let c = [LimitCheck {
+                limit: &limit.id,
+                key,
+                quota: *quota,
+                algorithm: limit.algorithm,
+                cost,
+            }];
+            shared.store.check(now, &c, CheckMode::Acquire)
+        } else {
+            let c: Vec<LimitCheck<'_>> = self
+                .p
+                .keys
+                .iter()
+                .zip(&shared.limits)
+                .map(|((key, quota), limit)| LimitCheck {
+                    limit: &limit.id,
+                    key,
+                    quota: *quota,
+                    algorithm: limit.algorithm,
+                    cost,
+                })
+                .collect();
+            shared.store.check(now, &c, CheckMode::Acquire)
+        };
+        Next::Check(fut)
+    }
+
+    /// Over quota (or paused by the upstream) for `retry`.
+    fn over(
+        &mut self,
+        now: Instant,
+        retry: Duration,
+        decision: Option<Decision>,
+    ) -> Next<St::CheckFuture> {
+        if let Some(g) = self.gated.take() {
+            g.cancel();
+        }
+        let shared = &*self.shared;
+        if shared.shadow {
+            inc(&shared.counters.shadow_rejected);
+            metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "shadow_rejected")
+                .increment(1);
+            self.decision = decision;
+            self.ticket = None;
+            return Next::Ready;
+        }
+        match shared.mode {
+            Mode::Reject => Next::Reject(RejectReason::Limited, retry, decision),
+            Mode::Wait { .. } => {
+                let deadline = self.deadline();
+                let at = saturating_add(now, retry);
+                if retry == Duration::MAX || at > deadline {
+                    return Next::Reject(RejectReason::WaitTooLong, retry, decision);
+                }
+                if self.ticket.is_none() {
+                    match shared.queue.enqueue(self.p.queue_key, self.p.priority) {
+                        Some(t) => self.ticket = Some(t),
+                        None => return Next::Reject(RejectReason::QueueFull, retry, decision),
+                    }
+                }
+                self.decision = decision;
+                Next::Sleep(at, true)
+            }
+        }
+    }
+
+    fn decided(&mut self, result: Result<Decision, crate::StoreError>) -> Next<St::CheckFuture> {
+        let now = Instant::now();
+        match result {
+            Ok(d) if d.allowed => {
+                self.decision = Some(d);
+                self.ticket = None;
+                if d.delay > Duration::ZERO {
+                    Next::Sleep(saturating_add(now, d.delay), false)
+                } else {
+                    Next::Ready
+                }
+            }
+            Ok(d) => self.over(now, d.retry_after, Some(d)),
+            Err(e) => {
+                if let Some(g) = self.gated.take() {
+                    g.cancel();
+                }
+                if !e.is_failure() {
+                    return Next::Reject(RejectReason::KeyCapacity, Duration::from_secs(1), None);
+                }
+                inc(&self.shared.counters.store_errors);
+                metrics::counter!("stormwall_ratelimit_store_errors_total").increment(1);
+                tracing::warn!(error = %e, "stormwall rate limit: store failed");
+                match self.shared.failure {
+                    FailurePolicy::Open => {
+                        self.ticket = None;
+                        Next::Ready
+                    }
+                    FailurePolicy::Closed => {
+                        Next::Reject(RejectReason::StoreFailure, Duration::from_secs(1), None)
+                    }
+                }
+            }
+        }
+    }
+
+    fn limit_name(&self, d: Option<&Decision>) -> Option<Arc<str>> {
+        let i = d.map_or(0, |d| d.index);
+        self.shared.limits.get(i).map(|l| Arc::from(l.name()))
+    }
+
+    fn released(&mut self) {
+        let now = Instant::now();
+        self.released = Some(now);
+        let waited = now.saturating_duration_since(self.started);
+        let c = &self.shared.counters;
+        inc(&c.admitted);
+        metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "admitted")
+            .increment(1);
+        if waited > Duration::ZERO {
+            inc(&c.waited);
+            c.wait_nanos.fetch_add(
+                u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            metrics::histogram!("stormwall_ratelimit_wait_seconds").record(waited.as_secs_f64());
+            tracing::debug!(?waited, "stormwall rate limit: admitted after waiting");
+            if let Some(hook) = &self.shared.on_wait {
+                let limit = self
+                    .limit_name(self.decision.as_ref())
+                    .unwrap_or_else(|| Arc::from(""));
+                hook(&WaitEvent { waited, limit });
+            }
+        }
+    }
+
+    fn reject<ResB>(
+        &mut self,
+        reason: RejectReason,
+        retry: Duration,
+        decision: Option<Decision>,
+    ) -> Response<ResponseBody<ResB>> {
+        self.ticket = None;
+        let shared = &*self.shared;
+        inc(&shared.counters.rejected);
+        if reason == RejectReason::QueueFull {
+            inc(&shared.counters.queue_full);
+            metrics::counter!("stormwall_ratelimit_queue_full_total").increment(1);
+        }
+        metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "rejected")
+            .increment(1);
+        let limit = self.limit_name(decision.as_ref());
+        tracing::debug!(
+            ?reason,
+            ?retry,
+            limit = limit.as_deref(),
+            "stormwall rate limit: rejected"
+        );
+        let r = rejection(reason, retry, decision, limit, shared.headers);
+        let mut res = reject_response(&r, self.p.grpc, shared.on_reject.as_ref());
+        res.extensions_mut().insert(RateLimited {
+            reason,
+            retry_after: retry,
+        });
+        res
+    }
+}
+
+impl<S, ReqB, St, ResB> Future for ResponseFuture<S, ReqB, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    St: Store,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Start => this.ctx.begin(),
+                StateProj::Check { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    this.ctx.decided(result)
+                }
+                StateProj::Queued { deadline } => {
+                    let head = this.ctx.ticket.as_ref().is_none_or(|t| t.poll_head(cx));
+                    if head {
+                        this.ctx.check()
+                    } else if deadline.poll(cx).is_ready() {
+                        let retry = this
+                            .ctx
+                            .decision
+                            .map_or(Duration::from_secs(1), |d| d.retry_after);
+                        let d = this.ctx.decision;
+                        Next::Reject(RejectReason::WaitTooLong, retry, d)
+                    } else {
+                        return Poll::Pending;
+                    }
+                }
+                StateProj::Sleep { sleep, recheck } => {
+                    ready!(sleep.poll(cx));
+                    if !*recheck {
+                        Next::Ready
+                    } else if this.ctx.ticket.as_ref().is_none_or(|t| t.poll_head(cx)) {
+                        this.ctx.check()
+                    } else {
+                        Next::Queue(this.ctx.deadline())
+                    }
+                }
+                StateProj::Ready => {
+                    if this.ctx.released.is_none() {
+                        this.ctx.released();
+                    }
+                    if let Err(e) = ready!(this.ctx.inner.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(e));
+                    }
+                    let req = this.ctx.req.take().expect("request taken once");
+                    let fut = this.ctx.inner.call(req);
+                    this.state.set(State::Inner { fut });
+                    continue;
+                }
+                StateProj::Inner { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    this.state.set(State::Done);
+                    let res = match result {
+                        Ok(res) => res,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    return Poll::Ready(Ok(finish(this.ctx, res)));
+                }
+                StateProj::Done => panic!("ResponseFuture polled after completion"),
+            };
+            match next {
+                Next::Check(fut) => this.state.set(State::Check { fut }),
+                Next::Queue(deadline) => this.state.set(State::Queued {
+                    deadline: sleep_until(deadline),
+                }),
+                Next::Sleep(at, recheck) => this.state.set(State::Sleep {
+                    sleep: sleep_until(at),
+                    recheck,
+                }),
+                Next::Ready => this.state.set(State::Ready),
+                Next::Reject(reason, retry, d) => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(Ok(this.ctx.reject(reason, retry, d)));
+                }
+            }
+        }
+    }
+}
+
+fn finish<S, ReqB, St: Store, ResB>(
+    ctx: &mut Ctx<S, ReqB, St>,
+    res: Response<ResB>,
+) -> Response<ResponseBody<ResB>> {
+    let (mut parts, body) = res.into_parts();
+    let shared = &*ctx.shared;
+    if let Some(g) = ctx.gated.take()
+        && let Some(pause) = g.observe(parts.status, &parts.headers, Instant::now())
+    {
+        inc(&shared.counters.pushbacks);
+        metrics::counter!("stormwall_ratelimit_pushbacks_total").increment(1);
+        tracing::debug!(
+            ?pause,
+            "stormwall rate limit: upstream pushback, key paused"
+        );
+    }
+    if shared.headers.on_admitted
+        && let Some(d) = &ctx.decision
+        && let Some(limit) = shared.limits.get(d.index)
+    {
+        quota_headers(&mut parts.headers, limit.name(), d, shared.headers, false);
+    }
+    let waited = ctx
+        .released
+        .map_or(Duration::ZERO, |r| r.saturating_duration_since(ctx.started));
+    parts.extensions.insert(RateLimitWait(waited));
+    Response::from_parts(parts, ResponseBody::inner(body))
+}

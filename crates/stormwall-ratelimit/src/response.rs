@@ -1,0 +1,197 @@
+//! Rejections and the rate-limit response headers.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+use stormwall_core::headers::{
+    GRPC_RETRY_PUSHBACK_MS, LegacyRateLimit, RATELIMIT, RATELIMIT_POLICY, RateLimitPolicy,
+    RateLimitStatus, ceil_secs, format_retry_after,
+};
+use stormwall_core::response::ResponseBody;
+
+use crate::algorithm::Decision;
+
+/// Why a request was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// A limit has no quota left (reject mode), or the upstream asked to back off.
+    Limited,
+    /// Wait mode: the earliest admission is later than the maximum wait.
+    WaitTooLong,
+    /// Wait mode: the wait queue is full.
+    QueueFull,
+    /// The store is full and refuses new keys.
+    KeyCapacity,
+    /// The store failed and the failure policy is [`FailurePolicy::Closed`](crate::FailurePolicy::Closed).
+    StoreFailure,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Limited => "rate limit exceeded",
+            Self::WaitTooLong => "rate limit exceeded: the wait for quota exceeds the maximum wait",
+            Self::QueueFull => "rate limit exceeded: the wait queue is full",
+            Self::KeyCapacity => "rate limit exceeded: too many distinct clients",
+            Self::StoreFailure => "rate limiter unavailable",
+        })
+    }
+}
+
+/// Everything about a rejection, handed to a custom rejection response
+/// ([`RateLimitLayer::on_reject`](crate::RateLimitLayer::on_reject)).
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    /// Why.
+    pub reason: RejectReason,
+    /// The earliest time the request would be admitted (exact; `Retry-After` rounds it up).
+    pub retry_after: Duration,
+    /// The store's decision, when there was one.
+    pub decision: Option<Decision>,
+    /// The name of the limit that rejected, when known.
+    pub limit: Option<Arc<str>>,
+    /// The headers the default response carries (`Retry-After`, `RateLimit-Policy`,
+    /// `RateLimit`, legacy `X-RateLimit-*` if enabled).
+    pub headers: HeaderMap,
+}
+
+/// Which rate-limit headers the layer writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderOptions {
+    pub(crate) draft: bool,
+    pub(crate) legacy: bool,
+    pub(crate) on_admitted: bool,
+}
+
+pub(crate) fn quota_headers(
+    headers: &mut HeaderMap,
+    name: &str,
+    d: &Decision,
+    opts: HeaderOptions,
+    overwrite: bool,
+) {
+    if d.limit == u64::MAX {
+        return;
+    }
+    let mut put = |k: &http::HeaderName, v: Option<HeaderValue>| {
+        if let Some(v) = v
+            && (overwrite || !headers.contains_key(k))
+        {
+            headers.insert(k.clone(), v);
+        }
+    };
+    if opts.draft {
+        put(
+            &RATELIMIT_POLICY,
+            RateLimitPolicy::format_all(&[RateLimitPolicy::new(name, d.limit, d.period)]),
+        );
+        put(
+            &RATELIMIT,
+            RateLimitStatus::format_all(&[RateLimitStatus::new(name, d.remaining, d.reset)]),
+        );
+    }
+    if opts.legacy && (overwrite || !headers.contains_key("x-ratelimit-limit")) {
+        LegacyRateLimit {
+            limit: Some(d.limit),
+            remaining: Some(d.remaining),
+            reset: Some(Duration::from_secs(ceil_secs(d.reset))),
+        }
+        .write(headers);
+    }
+}
+
+pub(crate) fn rejection(
+    reason: RejectReason,
+    retry_after: Duration,
+    decision: Option<Decision>,
+    limit: Option<Arc<str>>,
+    opts: HeaderOptions,
+) -> Rejection {
+    let mut headers = HeaderMap::new();
+    if retry_after != Duration::MAX {
+        headers.insert(RETRY_AFTER, format_retry_after(retry_after));
+    }
+    if let (Some(d), Some(name)) = (&decision, &limit) {
+        quota_headers(&mut headers, name, d, opts, true);
+    }
+    Rejection {
+        reason,
+        retry_after,
+        decision,
+        limit,
+        headers,
+    }
+}
+
+pub(crate) type RejectFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
+
+pub(crate) fn reject_response<B>(
+    rejection: &Rejection,
+    grpc: bool,
+    custom: Option<&Arc<RejectFn>>,
+) -> Response<ResponseBody<B>> {
+    if grpc {
+        let mut res = Response::new(ResponseBody::empty());
+        let h = res.headers_mut();
+        h.extend(rejection.headers.clone());
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static("8"));
+        h.insert(
+            "grpc-message",
+            HeaderValue::from_static("rate%20limit%20exceeded"),
+        );
+        if rejection.retry_after != Duration::MAX {
+            let ms = u64::try_from(rejection.retry_after.as_millis()).unwrap_or(u64::MAX);
+            let ms = ms + u64::from(!rejection.retry_after.subsec_nanos().is_multiple_of(1_000_000));
+            h.insert(GRPC_RETRY_PUSHBACK_MS.clone(), HeaderValue::from(ms));
+        }
+        return res;
+    }
+    if let Some(f) = custom {
+        let res = f(rejection);
+        let (mut parts, body) = res.into_parts();
+        for (k, v) in &rejection.headers {
+            if !parts.headers.contains_key(k) {
+                parts.headers.insert(k.clone(), v.clone());
+            }
+        }
+        return Response::from_parts(parts, ResponseBody::full(body));
+    }
+    let status = match rejection.reason {
+        RejectReason::StoreFailure => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let body = match rejection.retry_after {
+        Duration::MAX => format!("{}\n", rejection.reason),
+        d => format!("{}; retry in {} s\n", rejection.reason, ceil_secs(d)),
+    };
+    let mut res = Response::new(ResponseBody::full(body));
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.extend(rejection.headers.clone());
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// A response extension: how long the rate limiter held this request before sending it (zero
+/// if not at all). Layers timing the call (e.g. a circuit breaker's slow-call clock) can
+/// subtract it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RateLimitWait(pub Duration);
+
+/// A response extension on rejections: the rejection reason and the earliest admission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimited {
+    /// Why.
+    pub reason: RejectReason,
+    /// When the request would be admitted.
+    pub retry_after: Duration,
+}

@@ -1,0 +1,153 @@
+//! [`RateLimit<S>`]: the service.
+
+use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use stormwall_core::response::ResponseBody;
+use stormwall_core::time::Instant;
+use tower_service::Service;
+
+use crate::future::ResponseFuture;
+use crate::layer::{Mode, RateLimitLayer, Shared};
+use crate::limit::{Cost, Limit, Priority};
+use crate::memory::InMemoryStore;
+use crate::quota::Quota;
+use crate::stats::RateLimitStats;
+use crate::store::{LimitKey, Store};
+
+/// The rate-limiting service built by [`RateLimitLayer`]. See the [crate docs](crate).
+///
+/// Cloning is cheap; clones share the limiter state. `poll_ready` is always ready: the inner
+/// service's readiness is awaited in the response future, after the request's quota is
+/// granted, so a waiting request never holds an inner service slot.
+pub struct RateLimit<S, St = InMemoryStore> {
+    inner: S,
+    shared: Arc<Shared<St>>,
+}
+
+impl<S: Clone, St> Clone for RateLimit<S, St> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, St> fmt::Debug for RateLimit<S, St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("limits", &self.shared.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> RateLimit<S, InMemoryStore> {
+    /// Wraps `inner` with one limit (a shortcut for `RateLimitLayer::new(limit).layer(inner)`).
+    pub fn new(inner: S, limit: Limit) -> Self {
+        Self::from_shared(inner, RateLimitLayer::new(limit).shared)
+    }
+
+    /// A layer; see [`RateLimitLayer::new`].
+    pub fn layer(limit: Limit) -> RateLimitLayer {
+        RateLimitLayer::new(limit)
+    }
+}
+
+impl<S, St> RateLimit<S, St> {
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared<St>>) -> Self {
+        Self { inner, shared }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// A snapshot of the statistics (shared with the layer and every clone).
+    pub fn stats(&self) -> RateLimitStats {
+        self.shared.counters.snapshot(self.shared.queue.len())
+    }
+}
+
+/// The request's keys and quotas, one per limit.
+pub(crate) type Keys = Vec<(LimitKey, Quota)>;
+
+pub(crate) struct Prepared {
+    pub(crate) keys: Keys,
+    pub(crate) cost: u64,
+    pub(crate) priority: u8,
+    pub(crate) grpc: bool,
+    pub(crate) queue_key: u64,
+}
+
+pub(crate) fn prepare<St>(shared: &Shared<St>, head: &Request<()>) -> Prepared {
+    let keys: Keys = shared
+        .limits
+        .iter()
+        .map(|l| (l.key_of(head), l.quota_of(head)))
+        .collect();
+    let ext = head.extensions();
+    let queue_key = if matches!(shared.mode, Mode::Wait { .. }) {
+        let mut h = DefaultHasher::new();
+        for (k, _) in &keys {
+            k.hash(&mut h);
+        }
+        h.finish()
+    } else {
+        0
+    };
+    Prepared {
+        keys,
+        cost: ext.get::<Cost>().map_or(1, |c| c.0),
+        priority: ext.get::<Priority>().map_or(0, |p| p.0),
+        grpc: head
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+        queue_key,
+    }
+}
+
+impl<S, St, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    St: Store,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB, St>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let head = Request::from_parts(parts, ());
+        let prepared = prepare(&self.shared, &head);
+        let (parts, ()) = head.into_parts();
+        let req = Request::from_parts(parts, body);
+        ResponseFuture::new(
+            self.inner.clone(),
+            req,
+            self.shared.clone(),
+            prepared,
+            Instant::now(),
+        )
+    }
+}

@@ -187,10 +187,10 @@ impl ResponseDirectives {
                     if let Ok(Some(d)) = delta(m.value) {
                         cc.stale_while_revalidate = min_opt(cc.stale_while_revalidate, d);
                     }
-                } else if name.eq_ignore_ascii_case("stale-if-error") {
-                    if let Ok(Some(d)) = delta(m.value) {
-                        cc.stale_if_error = min_opt(cc.stale_if_error, d);
-                    }
+                } else if name.eq_ignore_ascii_case("stale-if-error")
+                    && let Ok(Some(d)) = delta(m.value)
+                {
+                    cc.stale_if_error = min_opt(cc.stale_if_error, d);
                 }
             }
         }
@@ -245,10 +245,10 @@ impl RequestDirectives {
                     cc.no_store = true;
                 } else if name.eq_ignore_ascii_case("only-if-cached") {
                     cc.only_if_cached = true;
-                } else if name.eq_ignore_ascii_case("stale-if-error") {
-                    if let Ok(Some(d)) = delta(m.value) {
-                        cc.stale_if_error = min_opt(cc.stale_if_error, d);
-                    }
+                } else if name.eq_ignore_ascii_case("stale-if-error")
+                    && let Ok(Some(d)) = delta(m.value)
+                {
+                    cc.stale_if_error = min_opt(cc.stale_if_error, d);
                 }
             }
         }

@@ -50,7 +50,9 @@ impl<B, E> fmt::Debug for ResponseFuture<B, E> {
             Kind::Ready { .. } => "ready",
             Kind::Upstream { .. } => "upstream",
         };
-        f.debug_struct("ResponseFuture").field("kind", &kind).finish()
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
     }
 }
 

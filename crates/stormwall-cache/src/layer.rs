@@ -61,7 +61,10 @@ impl Shared {
     pub(crate) fn remove_key(&self, key: &str) -> bool {
         let removed = self.store.remove(key);
         if removed {
-            bump(&self.counters.invalidated, "stormwall_cache_invalidations_total");
+            bump(
+                &self.counters.invalidated,
+                "stormwall_cache_invalidations_total",
+            );
         }
         removed
     }
@@ -286,7 +289,10 @@ impl CacheHandle {
             .store
             .remove_matching(&|k: &str| k.starts_with(&normalized));
         for _ in 0..n {
-            bump(&self.shared.counters.invalidated, "stormwall_cache_invalidations_total");
+            bump(
+                &self.shared.counters.invalidated,
+                "stormwall_cache_invalidations_total",
+            );
         }
         n
     }

@@ -1,4 +1,123 @@
-//! RFC 9111 HTTP cache tower layer.
+//! An RFC 9111 HTTP cache as a tower layer: Vary, validation, `stale-while-revalidate`,
+//! `stale-if-error`, RFC 9211 `Cache-Status`, and coalesced misses.
+//!
+//! [`CacheLayer`] works outbound (around a hyper client; [`private`](CacheLayer::private) or
+//! [`shared`](CacheLayer::shared)) and inbound (in front of an axum router; shared). The
+//! freshness and validation logic is implemented from the RFCs, as pure functions taking
+//! `now`, and unit-tested section by section.
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::{BodyExt, Full};
+//! use stormwall_cache::CacheLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Any `Service<Request<_>, Response = Response<B>>`: here a stand-in for a hyper client.
+//! let origin = service_fn(|_req: Request<Full<Bytes>>| async {
+//!     let res = Response::builder()
+//!         .header("cache-control", "max-age=60")
+//!         .body(Full::new(Bytes::from_static(b"hello")))
+//!         .unwrap();
+//!     Ok::<_, Infallible>(res)
+//! });
+//! let layer = CacheLayer::private().name("client-cache");
+//! let handle = layer.handle();
+//! let svc = ServiceBuilder::new().layer(layer).service(origin);
+//!
+//! let get = || Request::get("http://api.example/users/1").body(Full::default()).unwrap();
+//! let first = svc.clone().oneshot(get()).await.unwrap();
+//! assert_eq!(
+//!     first.headers()["cache-status"],
+//!     "client-cache; fwd=uri-miss; fwd-status=200; ttl=60; stored"
+//! );
+//! let second = svc.clone().oneshot(get()).await.unwrap();
+//! assert_eq!(second.headers()["cache-status"], "client-cache; hit; ttl=60");
+//! assert_eq!(second.headers()["age"], "0");
+//! assert_eq!(second.into_body().collect().await.unwrap().to_bytes(), "hello");
+//! assert_eq!(handle.stats().hits, 1);
+//! # }
+//! ```
+//!
+//! Inbound, in front of an axum router (the error type stays `Infallible`):
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use stormwall_cache::CacheLayer;
+//!
+//! let app: Router = Router::new()
+//!     .route("/", get(|| async { ([("cache-control", "s-maxage=30")], "home") }))
+//!     .layer(CacheLayer::shared().name("edge"));
+//! # let _ = app;
+//! ```
+//!
+//! # What is implemented
+//!
+//! - **Storage (RFC 9111 §3)**: only `GET` with a final, understood status (not 206/304);
+//!   never with `no-store` (request or response). A shared cache never stores `private`
+//!   responses, responses carrying `Set-Cookie`, or responses to requests with
+//!   `Authorization` (§3.5) — or `Cookie`, which we treat the same way — unless `public`,
+//!   `s-maxage` or `must-revalidate` allow it. `Connection`-named and hop-by-hop headers are
+//!   not stored (§3.1). A response needs explicit freshness, a heuristically cacheable status,
+//!   or the configured [default TTL](CacheLayer::default_ttl). On top of these rules, an
+//!   optional [predicate](CacheLayer::predicate).
+//! - **Key (§4, §4.1)**: method + scheme + authority (the URI's, else `Host`) + path + query.
+//!   `Vary` makes secondary keys; several variants per URL are kept; `Vary: *` never matches.
+//! - **Freshness (§4.2)**: `s-maxage` (shared), `max-age`, `Expires − Date` (an invalid
+//!   `Expires` is "expired"), heuristic 10 % of the `Last-Modified` age capped by
+//!   [`heuristic_max`](CacheLayer::heuristic_max); `Age` computed per §4.2.3 and sent on every
+//!   response served from the cache.
+//! - **Validation (§4.3)**: stale or `no-cache` responses are revalidated with
+//!   `If-None-Match`/`If-Modified-Since`; a 304 freshens the stored headers; clients'
+//!   conditional requests are answered from the cache. `must-revalidate`, `proxy-revalidate`
+//!   and `s-maxage` (shared) forbid serving stale, whatever the client's `max-stale`.
+//! - **Request directives (§5.2.1)**: `max-age`, `max-stale`, `min-fresh`, `no-cache`
+//!   (and `Pragma: no-cache`), `no-store`, `only-if-cached` (504 when nothing usable).
+//! - **Invalidation (§4.4)**: a 2xx/3xx answer to an unsafe method removes the target URI and
+//!   same-origin `Location`/`Content-Location`.
+//! - **RFC 5861**: `stale-while-revalidate` serves stale at once and refreshes once in a
+//!   spawned tokio task; `stale-if-error` serves stale on 500/502/503/504 or a connection
+//!   error. Both have a configurable default grace.
+//! - **RFC 9211**: a `Cache-Status` member on every response: `hit`, `fwd=` (`bypass`,
+//!   `method`, `uri-miss`, `vary-miss`, `request`, `stale`), `fwd-status`, `ttl` (negative
+//!   when stale), `stored`, `collapsed`, and a `detail` saying why something was not stored or
+//!   why stale was served.
+//! - **Coalescing**: concurrent misses and revalidations of one URL make one upstream request,
+//!   through [`stormwall_coalesce::Group`]. A waiter only reuses the result if it was stored
+//!   and its own request matches the stored `Vary`; otherwise it goes upstream on its own, so
+//!   one user's response is never handed to another.
+//! - **Store**: the [`Store`] trait; the default [`MemoryStore`] is bounded by total bytes
+//!   (moka, weighted); bodies over [`max_entry_bytes`](CacheLayer::max_entry_bytes) stream
+//!   through uncached. Purges: [`CacheHandle::purge`], [`purge_prefix`](CacheHandle::purge_prefix),
+//!   [`purge_all`](CacheHandle::purge_all).
+//!
+//! Not implemented: partial content (range requests bypass the cache), `HEAD` from stored
+//! `GET`s, a Redis store.
+//!
+//! # Metrics
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `stormwall_cache_hits_total` | counter | answered from the cache |
+//! | `stormwall_cache_misses_total` | counter | went upstream (miss or revalidation) |
+//! | `stormwall_cache_stale_served_total` | counter | stale responses served |
+//! | `stormwall_cache_revalidated_not_modified_total` | counter | revalidations answered 304 |
+//! | `stormwall_cache_revalidated_modified_total` | counter | revalidations answered in full |
+//! | `stormwall_cache_stored_total` | counter | responses stored |
+//! | `stormwall_cache_collapsed_total` | counter | requests served by another's upstream call |
+//! | `stormwall_cache_invalidations_total` | counter | entries removed by unsafe methods or purges |
+//! | `stormwall_cache_evictions_total` | counter | entries evicted because the store was full |
+//! | `stormwall_cache_stored_bytes` | gauge | bytes stored (updated by [`CacheHandle::stats`]) |
+//!
+//! `tracing` events are emitted at debug level for hits, misses, storage decisions,
+//! invalidations and background revalidations.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod directives;
 mod future;
 mod layer;

@@ -197,12 +197,12 @@ pub(crate) fn freshness_lifetime(
             _ => Duration::ZERO,
         };
     }
-    if heuristically_cacheable(status) || cc.public {
-        if let Ok(Some(last_modified)) = date_header(headers, LAST_MODIFIED) {
-            let age = since(date, last_modified);
-            let h = age.mul_f64(rules.heuristic_fraction.clamp(0.0, 1.0));
-            return h.min(rules.heuristic_max);
-        }
+    if (heuristically_cacheable(status) || cc.public)
+        && let Ok(Some(last_modified)) = date_header(headers, LAST_MODIFIED)
+    {
+        let age = since(date, last_modified);
+        let h = age.mul_f64(rules.heuristic_fraction.clamp(0.0, 1.0));
+        return h.min(rules.heuristic_max);
     }
     rules.default_ttl.unwrap_or(Duration::ZERO)
 }
@@ -321,11 +321,20 @@ fn origin_of(scheme: &str, authority: &str) -> String {
 }
 
 /// The origin (`scheme://authority`) of a request: from its URI, else its `Host` header.
-pub(crate) fn request_origin(uri: &Uri, headers: &HeaderMap, default_scheme: &str) -> Option<String> {
+pub(crate) fn request_origin(
+    uri: &Uri,
+    headers: &HeaderMap,
+    default_scheme: &str,
+) -> Option<String> {
     let scheme = uri.scheme_str().unwrap_or(default_scheme);
     let authority = match uri.authority() {
         Some(a) => a.as_str().to_owned(),
-        None => headers.get(http::header::HOST)?.to_str().ok()?.trim().to_owned(),
+        None => headers
+            .get(http::header::HOST)?
+            .to_str()
+            .ok()?
+            .trim()
+            .to_owned(),
     };
     if authority.is_empty() || authority.contains(['/', ' ', '@']) {
         return None;
@@ -409,7 +418,11 @@ pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
     ] {
         headers.remove(n);
     }
-    for n in ["keep-alive", "proxy-connection", "proxy-authentication-info"] {
+    for n in [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authentication-info",
+    ] {
         headers.remove(n);
     }
 }
@@ -560,9 +573,7 @@ pub(crate) fn decide(
             Some(Some(max)) if staleness <= max => return Use::Serve { stale: true },
             _ => {}
         }
-        let swr = res_cc
-            .stale_while_revalidate
-            .unwrap_or(rules.default_swr);
+        let swr = res_cc.stale_while_revalidate.unwrap_or(rules.default_swr);
         if !swr.is_zero() && staleness <= swr {
             return Use::StaleWhileRevalidate;
         }
@@ -580,13 +591,9 @@ pub(crate) fn is_error_status(status: StatusCode) -> bool {
 
 /// A `ttl` in whole seconds, negative when stale (RFC 9211 §2.7).
 pub(crate) fn ttl_secs(fresh: &Freshness, now: Instant) -> i64 {
-    let age = fresh.current_age(now);
+    // Whole seconds, consistent with the `Age` header (both truncated).
     let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    if fresh.lifetime >= age {
-        secs(fresh.lifetime - age)
-    } else {
-        -secs(age - fresh.lifetime)
-    }
+    secs(fresh.lifetime).saturating_sub(secs(fresh.current_age(now)))
 }
 
 /// The `Age` header value for a served stored response (§5.1).
@@ -618,7 +625,12 @@ mod tests {
             ..Rules::default()
         }
     }
-    fn store_check(rules: &Rules, req: &HeaderMap, status: u16, res: &HeaderMap) -> Result<(), NotStorable> {
+    fn store_check(
+        rules: &Rules,
+        req: &HeaderMap,
+        status: u16,
+        res: &HeaderMap,
+    ) -> Result<(), NotStorable> {
         storable(
             rules,
             &Method::GET,
@@ -646,7 +658,12 @@ mod tests {
         assert_eq!(store_check(&r, &none, 206, &cc), Err(NotStorable::Status));
         assert_eq!(store_check(&r, &none, 304, &cc), Err(NotStorable::Status));
         assert_eq!(
-            store_check(&r, &none, 200, &h(&[("cache-control", "no-store, max-age=9")])),
+            store_check(
+                &r,
+                &none,
+                200,
+                &h(&[("cache-control", "no-store, max-age=9")])
+            ),
             Err(NotStorable::NoStore)
         );
         assert_eq!(
@@ -672,8 +689,14 @@ mod tests {
         let none = HeaderMap::new();
         assert_eq!(store_check(&r, &none, 200, &none), Ok(()));
         assert_eq!(store_check(&r, &none, 404, &none), Ok(()));
-        assert_eq!(store_check(&r, &none, 201, &none), Err(NotStorable::NoFreshness));
-        assert_eq!(store_check(&r, &none, 500, &none), Err(NotStorable::NoFreshness));
+        assert_eq!(
+            store_check(&r, &none, 201, &none),
+            Err(NotStorable::NoFreshness)
+        );
+        assert_eq!(
+            store_check(&r, &none, 500, &none),
+            Err(NotStorable::NoFreshness)
+        );
         assert_eq!(
             store_check(&r, &none, 500, &h(&[("cache-control", "max-age=5")])),
             Ok(())
@@ -692,19 +715,39 @@ mod tests {
         let p = Rules::default();
         let none = HeaderMap::new();
         let private = h(&[("cache-control", "private, max-age=60")]);
-        assert_eq!(store_check(&s, &none, 200, &private), Err(NotStorable::Private));
+        assert_eq!(
+            store_check(&s, &none, 200, &private),
+            Err(NotStorable::Private)
+        );
         assert_eq!(store_check(&p, &none, 200, &private), Ok(()));
         let auth = h(&[("authorization", "Bearer x")]);
         let plain = h(&[("cache-control", "max-age=60")]);
-        assert_eq!(store_check(&s, &auth, 200, &plain), Err(NotStorable::Authorization));
+        assert_eq!(
+            store_check(&s, &auth, 200, &plain),
+            Err(NotStorable::Authorization)
+        );
         assert_eq!(store_check(&p, &auth, 200, &plain), Ok(()));
-        for ok in ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"] {
-            assert_eq!(store_check(&s, &auth, 200, &h(&[("cache-control", ok)])), Ok(()), "{ok}");
+        for ok in [
+            "public, max-age=60",
+            "s-maxage=60",
+            "must-revalidate, max-age=60",
+        ] {
+            assert_eq!(
+                store_check(&s, &auth, 200, &h(&[("cache-control", ok)])),
+                Ok(()),
+                "{ok}"
+            );
         }
         let cookie = h(&[("cookie", "sid=1")]);
-        assert_eq!(store_check(&s, &cookie, 200, &plain), Err(NotStorable::Authorization));
+        assert_eq!(
+            store_check(&s, &cookie, 200, &plain),
+            Err(NotStorable::Authorization)
+        );
         let set_cookie = h(&[("cache-control", "max-age=60"), ("set-cookie", "a=b")]);
-        assert_eq!(store_check(&s, &none, 200, &set_cookie), Err(NotStorable::SetCookie));
+        assert_eq!(
+            store_check(&s, &none, 200, &set_cookie),
+            Err(NotStorable::SetCookie)
+        );
     }
 
     // §4.1: Vary.
@@ -713,15 +756,26 @@ mod tests {
         let res = h(&[("vary", "Accept-Encoding, accept-language")]);
         let req = h(&[("accept-encoding", "gzip,  br"), ("accept-language", "en")]);
         let key = vary_key(&res, &req);
-        assert!(key.matches(&h(&[("accept-encoding", "gzip, br"), ("accept-language", "en")])));
-        assert!(!key.matches(&h(&[("accept-encoding", "gzip"), ("accept-language", "en")])));
+        assert!(key.matches(&h(&[
+            ("accept-encoding", "gzip, br"),
+            ("accept-language", "en")
+        ])));
+        assert!(!key.matches(&h(&[
+            ("accept-encoding", "gzip"),
+            ("accept-language", "en")
+        ])));
         assert!(!key.matches(&h(&[("accept-encoding", "gzip, br")])));
         let star = vary_key(&h(&[("vary", "accept, *")]), &req);
         assert_eq!(star, VaryKey::Star);
         assert!(!star.matches(&req));
         assert!(vary_key(&HeaderMap::new(), &req).matches(&HeaderMap::new()));
         assert_eq!(
-            store_check(&Rules::default(), &req, 200, &h(&[("vary", "*"), ("cache-control", "max-age=9")])),
+            store_check(
+                &Rules::default(),
+                &req,
+                200,
+                &h(&[("vary", "*"), ("cache-control", "max-age=9")])
+            ),
             Err(NotStorable::VaryStar)
         );
     }
@@ -731,13 +785,22 @@ mod tests {
     fn s4_primary_key() {
         let uri: Uri = "http://Example.COM:80/a?b=1".parse().unwrap();
         let origin = request_origin(&uri, &HeaderMap::new(), "http").unwrap();
-        assert_eq!(primary_key(&Method::GET, &origin, &uri), "GET http://example.com/a?b=1");
+        assert_eq!(
+            primary_key(&Method::GET, &origin, &uri),
+            "GET http://example.com/a?b=1"
+        );
         let rel: Uri = "/a?b=2".parse().unwrap();
         let origin = request_origin(&rel, &h(&[("host", "other:8080")]), "https").unwrap();
-        assert_eq!(primary_key(&Method::GET, &origin, &rel), "GET https://other:8080/a?b=2");
+        assert_eq!(
+            primary_key(&Method::GET, &origin, &rel),
+            "GET https://other:8080/a?b=2"
+        );
         assert!(request_origin(&rel, &HeaderMap::new(), "http").is_none());
         assert!(request_origin(&rel, &h(&[("host", "a/b")]), "http").is_none());
-        assert_eq!(url_key(&Method::GET, "http://x:80/p").unwrap(), "GET http://x/p");
+        assert_eq!(
+            url_key(&Method::GET, "http://x:80/p").unwrap(),
+            "GET http://x/p"
+        );
     }
 
     // §4.2.1: s-maxage > max-age > Expires > heuristic > default TTL.
@@ -763,15 +826,24 @@ mod tests {
     #[test]
     fn s4_2_2_heuristic() {
         let now = t0();
-        let hs = h(&[("date", &date(now)), ("last-modified", &date(now - S(1000)))]);
+        let hs = h(&[
+            ("date", &date(now)),
+            ("last-modified", &date(now - S(1000))),
+        ]);
         let cc = ResponseDirectives::from_headers(&hs);
         let r = Rules::default();
-        assert_eq!(freshness_lifetime(&r, StatusCode::OK, &hs, &cc, now), S(100));
+        assert_eq!(
+            freshness_lifetime(&r, StatusCode::OK, &hs, &cc, now),
+            S(100)
+        );
         let capped = Rules {
             heuristic_max: S(50),
             ..Rules::default()
         };
-        assert_eq!(freshness_lifetime(&capped, StatusCode::OK, &hs, &cc, now), S(50));
+        assert_eq!(
+            freshness_lifetime(&capped, StatusCode::OK, &hs, &cc, now),
+            S(50)
+        );
         // Not heuristically cacheable: no heuristic.
         assert_eq!(
             freshness_lifetime(&r, StatusCode::CREATED, &hs, &cc, now),
@@ -788,14 +860,20 @@ mod tests {
         let response_time = Instant::now();
         // Origin clock 10 s behind: apparent_age = 10; Age 3 + delay 2 = 5 → 10.
         let hs = h(&[("date", &date(sys - S(10))), ("age", "3")]);
-        assert_eq!(corrected_initial_age(&hs, request_time, response_time, sys), S(10));
+        assert_eq!(
+            corrected_initial_age(&hs, request_time, response_time, sys),
+            S(10)
+        );
         // Age dominates.
         let hs = h(&[("date", &date(sys)), ("age", "100")]);
         let cia = corrected_initial_age(&hs, request_time, response_time, sys);
         assert_eq!(cia, S(102));
         // Date in the future: apparent age 0. Malformed Age ignored.
         let hs = h(&[("date", &date(sys + S(50))), ("age", "x")]);
-        assert_eq!(corrected_initial_age(&hs, request_time, response_time, sys), S(2));
+        assert_eq!(
+            corrected_initial_age(&hs, request_time, response_time, sys),
+            S(2)
+        );
         let f = Freshness {
             response_time,
             corrected_initial_age: S(10),
@@ -835,7 +913,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn s4_freshness_decisions() {
         let r = Rules::default();
-        assert_eq!(decide_with(&r, "max-age=60", "x", 10, 60), Use::Serve { stale: false });
+        assert_eq!(
+            decide_with(&r, "max-age=60", "x", 10, 60),
+            Use::Serve { stale: false }
+        );
         assert_eq!(decide_with(&r, "max-age=60", "x", 60, 60), VALIDATE);
         assert_eq!(decide_with(&r, "no-cache", "x", 0, 60), VALIDATE);
     }
@@ -846,11 +927,23 @@ mod tests {
         let r = Rules::default();
         assert_eq!(decide_with(&r, "x", "no-cache", 0, 60), VALIDATE_REQ);
         assert_eq!(decide_with(&r, "x", "max-age=5", 10, 60), VALIDATE_REQ);
-        assert_eq!(decide_with(&r, "x", "max-age=15", 10, 60), Use::Serve { stale: false });
+        assert_eq!(
+            decide_with(&r, "x", "max-age=15", 10, 60),
+            Use::Serve { stale: false }
+        );
         assert_eq!(decide_with(&r, "x", "min-fresh=55", 10, 60), VALIDATE_REQ);
-        assert_eq!(decide_with(&r, "x", "min-fresh=50", 10, 60), Use::Serve { stale: false });
-        assert_eq!(decide_with(&r, "x", "max-stale", 100, 60), Use::Serve { stale: true });
-        assert_eq!(decide_with(&r, "x", "max-stale=50", 100, 60), Use::Serve { stale: true });
+        assert_eq!(
+            decide_with(&r, "x", "min-fresh=50", 10, 60),
+            Use::Serve { stale: false }
+        );
+        assert_eq!(
+            decide_with(&r, "x", "max-stale", 100, 60),
+            Use::Serve { stale: true }
+        );
+        assert_eq!(
+            decide_with(&r, "x", "max-stale=50", 100, 60),
+            Use::Serve { stale: true }
+        );
         assert_eq!(decide_with(&r, "x", "max-stale=30", 100, 60), VALIDATE);
     }
 
@@ -860,9 +953,18 @@ mod tests {
     async fn s5_2_2_max_stale_does_not_override() {
         let r = Rules::default();
         let s = shared();
-        assert_eq!(decide_with(&r, "must-revalidate", "max-stale", 100, 60), VALIDATE);
-        assert_eq!(decide_with(&s, "proxy-revalidate", "max-stale", 100, 60), VALIDATE);
-        assert_eq!(decide_with(&s, "s-maxage=60", "max-stale", 100, 60), VALIDATE);
+        assert_eq!(
+            decide_with(&r, "must-revalidate", "max-stale", 100, 60),
+            VALIDATE
+        );
+        assert_eq!(
+            decide_with(&s, "proxy-revalidate", "max-stale", 100, 60),
+            VALIDATE
+        );
+        assert_eq!(
+            decide_with(&s, "s-maxage=60", "max-stale", 100, 60),
+            VALIDATE
+        );
         assert_eq!(
             decide_with(&r, "proxy-revalidate", "max-stale", 100, 60),
             Use::Serve { stale: true }
@@ -877,9 +979,18 @@ mod tests {
             decide_with(&r, "stale-while-revalidate=30", "x", 80, 60),
             Use::StaleWhileRevalidate
         );
-        assert_eq!(decide_with(&r, "stale-while-revalidate=30", "x", 100, 60), VALIDATE);
         assert_eq!(
-            decide_with(&r, "stale-while-revalidate=30, must-revalidate", "x", 80, 60),
+            decide_with(&r, "stale-while-revalidate=30", "x", 100, 60),
+            VALIDATE
+        );
+        assert_eq!(
+            decide_with(
+                &r,
+                "stale-while-revalidate=30, must-revalidate",
+                "x",
+                80,
+                60
+            ),
             VALIDATE
         );
         assert_eq!(
@@ -890,13 +1001,19 @@ mod tests {
             }
         );
         assert_eq!(decide_with(&r, "stale-if-error=10", "x", 100, 60), VALIDATE);
-        assert_eq!(decide_with(&r, "stale-if-error=60, must-revalidate", "x", 100, 60), VALIDATE);
+        assert_eq!(
+            decide_with(&r, "stale-if-error=60, must-revalidate", "x", 100, 60),
+            VALIDATE
+        );
         let grace = Rules {
             default_swr: S(30),
             default_sie: S(100),
             ..Rules::default()
         };
-        assert_eq!(decide_with(&grace, "x", "x", 80, 60), Use::StaleWhileRevalidate);
+        assert_eq!(
+            decide_with(&grace, "x", "x", 80, 60),
+            Use::StaleWhileRevalidate
+        );
         assert_eq!(
             decide_with(&grace, "x", "x", 100, 60),
             Use::Validate {
@@ -915,12 +1032,30 @@ mod tests {
         conditional_headers(&stored, &mut out);
         assert_eq!(out[IF_NONE_MATCH], "\"v1\"");
         assert!(out.contains_key(IF_MODIFIED_SINCE));
-        assert!(not_modified_for(&h(&[("if-none-match", "W/\"v1\"")]), &stored));
-        assert!(not_modified_for(&h(&[("if-none-match", "\"x\", \"v1\"")]), &stored));
-        assert!(!not_modified_for(&h(&[("if-none-match", "\"v2\"")]), &stored));
-        assert!(not_modified_for(&h(&[("if-modified-since", &date(now))]), &stored));
-        assert!(!not_modified_for(&h(&[("if-modified-since", &date(now - S(200)))]), &stored));
-        assert!(!not_modified_for(&h(&[("if-modified-since", "garbage")]), &stored));
+        assert!(not_modified_for(
+            &h(&[("if-none-match", "W/\"v1\"")]),
+            &stored
+        ));
+        assert!(not_modified_for(
+            &h(&[("if-none-match", "\"x\", \"v1\"")]),
+            &stored
+        ));
+        assert!(!not_modified_for(
+            &h(&[("if-none-match", "\"v2\"")]),
+            &stored
+        ));
+        assert!(not_modified_for(
+            &h(&[("if-modified-since", &date(now))]),
+            &stored
+        ));
+        assert!(!not_modified_for(
+            &h(&[("if-modified-since", &date(now - S(200)))]),
+            &stored
+        ));
+        assert!(!not_modified_for(
+            &h(&[("if-modified-since", "garbage")]),
+            &stored
+        ));
     }
 
     // §3.2/§4.3.4: freshening with a 304.

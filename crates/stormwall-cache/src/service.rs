@@ -205,7 +205,12 @@ where
             } else {
                 Fwd::Method
             };
-            return ResponseFuture::upstream(Box::pin(passthrough(shared.clone(), inner, req, fwd)));
+            return ResponseFuture::upstream(Box::pin(passthrough(
+                shared.clone(),
+                inner,
+                req,
+                fwd,
+            )));
         };
         let key = policy::primary_key(&Method::GET, &origin, req.uri());
         let req_cc = RequestDirectives::from_headers(req.headers());
@@ -216,20 +221,38 @@ where
         if let Some(variants) = shared.store.get(&key) {
             fwd = Fwd::VaryMiss;
             if let Some(entry) = select(&variants, req.headers()) {
-                match policy::decide(&shared.rules, &entry.freshness, &entry.directives, &req_cc, now) {
+                match policy::decide(
+                    &shared.rules,
+                    &entry.freshness,
+                    &entry.directives,
+                    &req_cc,
+                    now,
+                ) {
                     Use::Serve { stale } => {
                         bump(&shared.counters.hits, "stormwall_cache_hits_total");
                         let mut st = Status::hit(policy::ttl_secs(&entry.freshness, now));
                         if stale {
-                            bump(&shared.counters.stale_served, "stormwall_cache_stale_served_total");
+                            bump(
+                                &shared.counters.stale_served,
+                                "stormwall_cache_stale_served_total",
+                            );
                             st = st.detail("max-stale");
                         }
                         tracing::debug!(key = %key, stale, "cache hit");
-                        return ResponseFuture::ready(serve(shared, &entry, req.headers(), now, st));
+                        return ResponseFuture::ready(serve(
+                            shared,
+                            &entry,
+                            req.headers(),
+                            now,
+                            st,
+                        ));
                     }
                     Use::StaleWhileRevalidate => {
                         bump(&shared.counters.hits, "stormwall_cache_hits_total");
-                        bump(&shared.counters.stale_served, "stormwall_cache_stale_served_total");
+                        bump(
+                            &shared.counters.stale_served,
+                            "stormwall_cache_stale_served_total",
+                        );
                         let mut st = Status::hit(policy::ttl_secs(&entry.freshness, now))
                             .detail("stale-while-revalidate");
                         st.fwd = Some(Fwd::Stale);
@@ -362,7 +385,10 @@ where
     let now = Instant::now();
     match flight {
         Ok(Flight::Stored { entry, fwd_status }) if entry.vary.matches(&ctx.req_headers) => {
-            bump(&shared.counters.collapsed, "stormwall_cache_collapsed_total");
+            bump(
+                &shared.counters.collapsed,
+                "stormwall_cache_collapsed_total",
+            );
             let st = Status {
                 fwd: Some(ctx.fwd),
                 fwd_status: Some(fwd_status),
@@ -374,8 +400,14 @@ where
         }
         Ok(Flight::Stale) => {
             if let Some(entry) = ctx.stale_for_error(now) {
-                bump(&shared.counters.collapsed, "stormwall_cache_collapsed_total");
-                bump(&shared.counters.stale_served, "stormwall_cache_stale_served_total");
+                bump(
+                    &shared.counters.collapsed,
+                    "stormwall_cache_collapsed_total",
+                );
+                bump(
+                    &shared.counters.stale_served,
+                    "stormwall_cache_stale_served_total",
+                );
                 let st = Status {
                     fwd: Some(Fwd::Stale),
                     ttl: Some(policy::ttl_secs(&entry.freshness, now)),
@@ -431,7 +463,10 @@ where
     let (flight, out) = match result {
         Err(e) => match ctx.stale_for_error(now) {
             Some(entry) => {
-                bump(&shared.counters.stale_served, "stormwall_cache_stale_served_total");
+                bump(
+                    &shared.counters.stale_served,
+                    "stormwall_cache_stale_served_total",
+                );
                 tracing::debug!(key = %ctx.key, "origin unreachable: serving stale (stale-if-error)");
                 let st = Status {
                     fwd: Some(Fwd::Stale),
@@ -439,7 +474,10 @@ where
                     detail: Some("stale-if-error"),
                     ..Status::default()
                 };
-                (Flight::Stale, Ok(serve(&shared, entry, &ctx.req_headers, now, st)))
+                (
+                    Flight::Stale,
+                    Ok(serve(&shared, entry, &ctx.req_headers, now, st)),
+                )
             }
             None => (Flight::Uncacheable, Err(e)),
         },
@@ -465,7 +503,10 @@ where
     if policy::is_error_status(status)
         && let Some(entry) = ctx.stale_for_error(now)
     {
-        bump(&shared.counters.stale_served, "stormwall_cache_stale_served_total");
+        bump(
+            &shared.counters.stale_served,
+            "stormwall_cache_stale_served_total",
+        );
         tracing::debug!(key = %ctx.key, status = code, "origin error: serving stale (stale-if-error)");
         let st = Status {
             fwd: Some(Fwd::Stale),
@@ -474,7 +515,10 @@ where
             detail: Some("stale-if-error"),
             ..Status::default()
         };
-        return (Flight::Stale, Ok(serve(shared, entry, &ctx.req_headers, now, st)));
+        return (
+            Flight::Stale,
+            Ok(serve(shared, entry, &ctx.req_headers, now, st)),
+        );
     }
     if status == StatusCode::NOT_MODIFIED
         && let Some(old) = &ctx.validating
@@ -588,7 +632,11 @@ where
             tracing::debug!(key = %ctx.key, "upstream body failed");
             (
                 Flight::Uncacheable,
-                Ok(synthetic(shared, StatusCode::BAD_GATEWAY, st.detail("body-error"))),
+                Ok(synthetic(
+                    shared,
+                    StatusCode::BAD_GATEWAY,
+                    st.detail("body-error"),
+                )),
             )
         }
     }

@@ -102,9 +102,9 @@ pub(crate) fn format_name(name: &str) -> String {
         .chars()
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '*')
-        && name.chars().all(|c| {
-            c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:/".contains(c)
-        });
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:/".contains(c));
     if is_token {
         return name.to_owned();
     }
@@ -133,7 +133,10 @@ mod tests {
             stored: true,
             ..Status::default()
         };
-        assert_eq!(st.to_header("edge"), "edge; fwd=uri-miss; fwd-status=200; ttl=60; stored");
+        assert_eq!(
+            st.to_header("edge"),
+            "edge; fwd=uri-miss; fwd-status=200; ttl=60; stored"
+        );
         assert_eq!(Status::hit(-3).to_header("c"), "c; hit; ttl=-3");
         assert_eq!(format_name("My Cache \"1\""), "\"My Cache \\\"1\\\"\"");
         assert_eq!(format_name("cdn.example"), "cdn.example");

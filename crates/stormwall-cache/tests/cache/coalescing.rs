@@ -19,7 +19,11 @@ async fn gated_origin(cc: &'static str, gate: Arc<Semaphore>) -> TestServer {
                 .get("authorization")
                 .map(|v| v.to_str().unwrap().to_owned())
                 .unwrap_or_default();
-            respond(200, &[("cache-control", cc.to_owned())], &format!("for {who}"))
+            respond(
+                200,
+                &[("cache-control", cc.to_owned())],
+                &format!("for {who}"),
+            )
         }
     })
     .await
@@ -41,7 +45,11 @@ async fn release_when_called(server: &TestServer, gate: &Semaphore, calls: u64) 
 // 100 concurrent misses for one URL → 1 origin request; the 99 waiters say `collapsed`.
 #[tokio::test]
 async fn hundred_concurrent_misses_one_origin_request() {
-    let n = if std::env::var("STORMWALL_EXTENDED").is_ok() { 1_000 } else { 100 };
+    let n = if std::env::var("STORMWALL_EXTENDED").is_ok() {
+        1_000
+    } else {
+        100
+    };
     let gate = Arc::new(Semaphore::new(0));
     let server = gated_origin("max-age=60", gate.clone()).await;
     let layer = CacheLayer::shared();
@@ -63,7 +71,11 @@ async fn hundred_concurrent_misses_one_origin_request() {
             collapsed += 1;
             assert!(got.cache_status().contains("fwd=uri-miss; fwd-status=200"));
         } else {
-            assert!(got.cache_status().contains("stored"), "{}", got.cache_status());
+            assert!(
+                got.cache_status().contains("stored"),
+                "{}",
+                got.cache_status()
+            );
         }
     }
     assert_eq!(server.calls(), 1);

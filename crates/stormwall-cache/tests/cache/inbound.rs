@@ -17,7 +17,10 @@ where
     S: Service<Request<Body>, Error = Infallible> + Clone,
     S::Response: axum::response::IntoResponse,
 {
-    let req = Request::get(path).header("host", host).body(Body::empty()).unwrap();
+    let req = Request::get(path)
+        .header("host", host)
+        .body(Body::empty())
+        .unwrap();
     let res = axum::response::IntoResponse::into_response(svc.clone().oneshot(req).await.unwrap());
     let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
     let body = res.into_body().collect().await.unwrap().to_bytes();

@@ -31,7 +31,10 @@ async fn s3_stale_while_revalidate_one_background_refresh() {
         let got = get(&svc, &server.url("/a"), &[]).await;
         assert_eq!(got.body, "v1");
         let cs = got.cache_status();
-        assert!(cs.contains("; hit; fwd=stale") && cs.contains("detail=stale-while-revalidate"), "{cs}");
+        assert!(
+            cs.contains("; hit; fwd=stale") && cs.contains("detail=stale-while-revalidate"),
+            "{cs}"
+        );
     }
     // Wait (bounded, no sleeps) for the background refresh to land.
     let mut refreshed = None;
@@ -95,14 +98,21 @@ async fn s4_stale_if_error() {
     let got = get(&svc, &server.url("/a"), &[]).await;
     assert_eq!((got.status.as_u16(), &got.body[..]), (200, &b"good"[..]));
     let cs = got.cache_status();
-    assert!(cs.contains("fwd=stale; fwd-status=503") && cs.contains("detail=stale-if-error"), "{cs}");
+    assert!(
+        cs.contains("fwd=stale; fwd-status=503") && cs.contains("detail=stale-if-error"),
+        "{cs}"
+    );
 
     // Origin gone entirely: connection failure.
     let url = server.url("/a");
     drop(server);
     let got = get(&svc, &url, &[]).await;
     assert_eq!(got.body, "good");
-    assert!(got.cache_status().contains("detail=stale-if-error"), "{}", got.cache_status());
+    assert!(
+        got.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        got.cache_status()
+    );
     assert_eq!(layer.handle().stats().stale_served, 2);
 
     // Beyond the window: the failure comes through.
@@ -110,7 +120,9 @@ async fn s4_stale_if_error() {
     let res = svc.clone();
     let err = tower::ServiceExt::oneshot(
         res,
-        http::Request::get(&url).body(http_body_util::Full::new(bytes::Bytes::new())).unwrap(),
+        http::Request::get(&url)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap(),
     )
     .await;
     assert!(err.is_err(), "connection failure surfaces once too stale");
@@ -120,7 +132,11 @@ async fn s4_stale_if_error() {
 #[tokio::test(start_paused = true)]
 async fn stale_if_error_not_with_must_revalidate() {
     let down = Arc::new(AtomicBool::new(false));
-    let server = failing_origin("max-age=10, stale-if-error=100, must-revalidate", down.clone()).await;
+    let server = failing_origin(
+        "max-age=10, stale-if-error=100, must-revalidate",
+        down.clone(),
+    )
+    .await;
     let svc = cached(&CacheLayer::private());
     get(&svc, &server.url("/a"), &[]).await;
     tokio::time::advance(Duration::from_secs(20)).await;

@@ -20,7 +20,10 @@ async fn origin(status: u16, headers: &[(&str, &str)]) -> TestServer {
         let headers = headers.clone();
         let n = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         async move {
-            let hs: Vec<(&str, String)> = headers.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            let hs: Vec<(&str, String)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.clone()))
+                .collect();
             respond(status, &hs, &format!("response {n}"))
         }
     })
@@ -28,7 +31,11 @@ async fn origin(status: u16, headers: &[(&str, &str)]) -> TestServer {
 }
 
 /// Sends `n` GETs and returns the origin's call count and the last response.
-async fn twice(layer: &CacheLayer, server: &TestServer, req_headers: &[(&str, &str)]) -> (u64, Got) {
+async fn twice(
+    layer: &CacheLayer,
+    server: &TestServer,
+    req_headers: &[(&str, &str)],
+) -> (u64, Got) {
     let svc = cached(layer);
     let first = get(&svc, &server.url("/r"), req_headers).await;
     assert_eq!(first.body, "response 1");
@@ -55,7 +62,10 @@ async fn s3_stores_and_serves_fresh() {
     assert_eq!(server.calls(), 1);
     assert_eq!(second.body, "response 1");
     assert!(second.cache_status().starts_with("test-cache; hit; ttl="));
-    assert!(second.header("age").is_some(), "Age on every cached response");
+    assert!(
+        second.header("age").is_some(),
+        "Age on every cached response"
+    );
     let stats = layer.handle().stats();
     assert_eq!((stats.hits, stats.misses, stats.stored), (1, 1, 1));
     assert!(stats.bytes_stored > 0);
@@ -72,7 +82,12 @@ async fn s3_no_store() {
     assert!(second.cache_status().contains("detail=no-store"));
 
     let server = origin(200, &[("cache-control", "max-age=60")]).await;
-    let (calls, _) = twice(&CacheLayer::shared(), &server, &[("cache-control", "no-store")]).await;
+    let (calls, _) = twice(
+        &CacheLayer::shared(),
+        &server,
+        &[("cache-control", "no-store")],
+    )
+    .await;
     assert_eq!(calls, 2);
 }
 
@@ -97,7 +112,10 @@ async fn s3_5_authorization() {
     let auth = [("authorization", "Bearer alice")];
     let server = origin(200, &[("cache-control", "max-age=60")]).await;
     let (calls, second) = twice(&CacheLayer::shared(), &server, &auth).await;
-    assert_eq!(calls, 2, "not stored without public/s-maxage/must-revalidate");
+    assert_eq!(
+        calls, 2,
+        "not stored without public/s-maxage/must-revalidate"
+    );
     assert!(second.cache_status().contains("detail=authorization"));
     // Bob never sees Alice's response either.
     let layer = CacheLayer::shared();
@@ -106,7 +124,11 @@ async fn s3_5_authorization() {
     let bob = get(&svc, &server.url("/x"), &[("authorization", "Bearer bob")]).await;
     assert_ne!(alice.body, bob.body);
 
-    for cc in ["public, max-age=60", "s-maxage=60", "must-revalidate, max-age=60"] {
+    for cc in [
+        "public, max-age=60",
+        "s-maxage=60",
+        "must-revalidate, max-age=60",
+    ] {
         let server = origin(200, &[("cache-control", cc)]).await;
         let (calls, second) = twice(&CacheLayer::shared(), &server, &auth).await;
         assert_eq!(calls, 1, "{cc}: stored");
@@ -122,7 +144,11 @@ async fn s3_5_authorization() {
 // everyone); requests with Cookie are treated like Authorization.
 #[tokio::test]
 async fn s3_set_cookie_and_cookie_in_shared_mode() {
-    let server = origin(200, &[("cache-control", "max-age=60"), ("set-cookie", "sid=alice")]).await;
+    let server = origin(
+        200,
+        &[("cache-control", "max-age=60"), ("set-cookie", "sid=alice")],
+    )
+    .await;
     let (calls, second) = twice(&CacheLayer::shared(), &server, &[]).await;
     assert_eq!(calls, 2);
     assert!(second.cache_status().contains("detail=set-cookie"));
@@ -154,9 +180,13 @@ async fn s3_1_connection_named_headers_not_stored() {
 // §3 / §4.2.2: heuristic freshness only for heuristically cacheable statuses.
 #[tokio::test]
 async fn s4_2_2_heuristic_only_for_heuristic_statuses() {
-    let long_ago = http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(100_000));
+    let long_ago =
+        http_date(std::time::SystemTime::now() - std::time::Duration::from_secs(100_000));
     let date = now_date();
-    let lm = [("last-modified", long_ago.as_str()), ("date", date.as_str())];
+    let lm = [
+        ("last-modified", long_ago.as_str()),
+        ("date", date.as_str()),
+    ];
     let server = origin(200, &lm).await;
     let (calls, second) = twice(&CacheLayer::private(), &server, &[]).await;
     assert_eq!(calls, 1, "200 + Last-Modified: heuristically fresh");
@@ -177,10 +207,17 @@ async fn s4_key_query_and_vary() {
             .get("accept-language")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
-        let vary = if req.uri().path() == "/star" { "*" } else { "accept-language" };
+        let vary = if req.uri().path() == "/star" {
+            "*"
+        } else {
+            "accept-language"
+        };
         respond(
             200,
-            &[("cache-control", "max-age=60".to_owned()), ("vary", vary.to_owned())],
+            &[
+                ("cache-control", "max-age=60".to_owned()),
+                ("vary", vary.to_owned()),
+            ],
             &format!("{} {lang}", req.uri()),
         )
     })
@@ -194,7 +231,11 @@ async fn s4_key_query_and_vary() {
 
     let en = get(&svc, &server.url("/v"), &[("accept-language", "en")]).await;
     let fr = get(&svc, &server.url("/v"), &[("accept-language", "fr")]).await;
-    assert!(fr.cache_status().contains("fwd=vary-miss"), "{}", fr.cache_status());
+    assert!(
+        fr.cache_status().contains("fwd=vary-miss"),
+        "{}",
+        fr.cache_status()
+    );
     assert_eq!(server.calls(), 4);
     let en2 = get(&svc, &server.url("/v"), &[("accept-language", "en")]).await;
     let fr2 = get(&svc, &server.url("/v"), &[("accept-language", "fr")]).await;

@@ -20,8 +20,19 @@ fn secs(n: u64) -> Duration {
 /// An origin with a strong validator: 304 when If-None-Match matches, else 200.
 pub(crate) async fn etag_origin(cc: &'static str) -> TestServer {
     TestServer::start(move |req: Request<hyper::body::Incoming>| async move {
-        if req.headers().get("if-none-match").is_some_and(|v| v == "\"v1\"") {
-            respond(304, &[("cache-control", cc.to_owned()), ("x-fresh", "new".to_owned())], "")
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"")
+        {
+            respond(
+                304,
+                &[
+                    ("cache-control", cc.to_owned()),
+                    ("x-fresh", "new".to_owned()),
+                ],
+                "",
+            )
         } else {
             respond(
                 200,
@@ -55,7 +66,11 @@ async fn s4_2_max_age_and_age_header() {
     tokio::time::advance(secs(60)).await;
     let stale = get(&svc, &server.url("/a"), &[]).await;
     assert_eq!(server.calls(), 2);
-    assert!(stale.cache_status().contains("fwd=stale; fwd-status=200"), "{}", stale.cache_status());
+    assert!(
+        stale.cache_status().contains("fwd=stale; fwd-status=200"),
+        "{}",
+        stale.cache_status()
+    );
     assert_eq!(layer.handle().stats().revalidated_modified, 1);
 }
 
@@ -65,14 +80,21 @@ async fn s4_2_3_origin_age_counts() {
     let server = TestServer::start(|_req| async {
         respond(
             200,
-            &[("cache-control", "max-age=100".to_owned()), ("age", "90".to_owned())],
+            &[
+                ("cache-control", "max-age=100".to_owned()),
+                ("age", "90".to_owned()),
+            ],
             "v",
         )
     })
     .await;
     let svc = cached(&CacheLayer::private());
     let first = get(&svc, &server.url("/a"), &[]).await;
-    assert!(first.cache_status().contains("ttl=10"), "{}", first.cache_status());
+    assert!(
+        first.cache_status().contains("ttl=10"),
+        "{}",
+        first.cache_status()
+    );
     tokio::time::advance(secs(5)).await;
     assert!(get(&svc, &server.url("/a"), &[]).await.is_hit());
     tokio::time::advance(secs(6)).await;
@@ -107,7 +129,11 @@ async fn s4_2_1_expires() {
 #[tokio::test(start_paused = true)]
 async fn s4_2_1_s_maxage_shared_only() {
     let server = TestServer::start(|_req| async {
-        respond(200, &[("cache-control", "max-age=10, s-maxage=100".to_owned())], "v")
+        respond(
+            200,
+            &[("cache-control", "max-age=10, s-maxage=100".to_owned())],
+            "v",
+        )
     })
     .await;
     let shared = cached(&CacheLayer::shared());
@@ -132,8 +158,16 @@ async fn s4_3_revalidation_304_freshens() {
     assert_eq!(server.calls(), 2);
     assert_eq!(second.status, 200);
     assert_eq!(second.body, "full body");
-    assert_eq!(second.header("x-fresh"), Some("new"), "304 headers replace stored ones");
-    assert!(second.cache_status().contains("fwd=stale; fwd-status=304"), "{}", second.cache_status());
+    assert_eq!(
+        second.header("x-fresh"),
+        Some("new"),
+        "304 headers replace stored ones"
+    );
+    assert!(
+        second.cache_status().contains("fwd=stale; fwd-status=304"),
+        "{}",
+        second.cache_status()
+    );
     let third = get(&svc, &server.url("/a"), &[]).await;
     assert!(third.is_hit());
     assert_eq!(third.header("x-fresh"), Some("new"));
@@ -181,14 +215,27 @@ async fn s5_2_2_max_stale_vs_revalidate_directives() {
         ("max-age=10", true, false),
     ] {
         let server = etag_origin(cc).await;
-        let layer = if shared { CacheLayer::shared() } else { CacheLayer::private() };
+        let layer = if shared {
+            CacheLayer::shared()
+        } else {
+            CacheLayer::private()
+        };
         let svc = cached(&layer);
         get(&svc, &server.url("/a"), &[]).await;
         tokio::time::advance(secs(100)).await;
         let got = get(&svc, &server.url("/a"), &[("cache-control", "max-stale")]).await;
-        assert_eq!(server.calls() == 2, revalidated, "{cc} shared={shared}: {}", got.cache_status());
+        assert_eq!(
+            server.calls() == 2,
+            revalidated,
+            "{cc} shared={shared}: {}",
+            got.cache_status()
+        );
         if !revalidated {
-            assert!(got.is_hit() && got.cache_status().contains("ttl=-"), "{}", got.cache_status());
+            assert!(
+                got.is_hit() && got.cache_status().contains("ttl=-"),
+                "{}",
+                got.cache_status()
+            );
         }
     }
 }
@@ -209,12 +256,19 @@ async fn s4_4_unsafe_methods_invalidate() {
                     if fail { 500 } else { 201 },
                     &[
                         ("location", "/items/7".to_owned()),
-                        ("content-location", "http://elsewhere.example/other".to_owned()),
+                        (
+                            "content-location",
+                            "http://elsewhere.example/other".to_owned(),
+                        ),
                     ],
                     "",
                 );
             }
-            respond(200, &[("cache-control", "max-age=600".to_owned())], req.uri().path())
+            respond(
+                200,
+                &[("cache-control", "max-age=600".to_owned())],
+                req.uri().path(),
+            )
         }
     })
     .await;
@@ -225,13 +279,24 @@ async fn s4_4_unsafe_methods_invalidate() {
     }
     assert_eq!(server.calls(), 4);
     let post = |path: &str| {
-        Request::post(server.url(path)).body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+        Request::post(server.url(path))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
     };
     let res = send(&svc, post("/items")).await;
     assert!(res.cache_status().contains("fwd=method; fwd-status=201"));
-    assert!(!get(&svc, &server.url("/items"), &[]).await.is_hit(), "target invalidated");
-    assert!(!get(&svc, &server.url("/items/7"), &[]).await.is_hit(), "Location invalidated");
-    assert!(get(&svc, &server.url("/other"), &[]).await.is_hit(), "other origin untouched");
+    assert!(
+        !get(&svc, &server.url("/items"), &[]).await.is_hit(),
+        "target invalidated"
+    );
+    assert!(
+        !get(&svc, &server.url("/items/7"), &[]).await.is_hit(),
+        "Location invalidated"
+    );
+    assert!(
+        get(&svc, &server.url("/other"), &[]).await.is_hit(),
+        "other origin untouched"
+    );
     // An error response does not invalidate.
     send(&svc, post("/fail")).await;
     assert!(get(&svc, &server.url("/fail"), &[]).await.is_hit());

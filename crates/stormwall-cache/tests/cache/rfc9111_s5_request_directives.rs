@@ -15,13 +15,21 @@ async fn s5_2_1_no_cache_and_max_age() {
     let svc = cached(&CacheLayer::private());
     get(&svc, &server.url("/a"), &[]).await;
     let nc = get(&svc, &server.url("/a"), &[("cache-control", "no-cache")]).await;
-    assert!(nc.cache_status().contains("fwd=request; fwd-status=304"), "{}", nc.cache_status());
+    assert!(
+        nc.cache_status().contains("fwd=request; fwd-status=304"),
+        "{}",
+        nc.cache_status()
+    );
     assert_eq!(server.calls(), 2);
     let pragma = get(&svc, &server.url("/a"), &[("pragma", "no-cache")]).await;
     assert!(pragma.cache_status().contains("fwd=request"));
     assert_eq!(server.calls(), 3);
     tokio::time::advance(Duration::from_secs(20)).await;
-    assert!(get(&svc, &server.url("/a"), &[("cache-control", "max-age=30")]).await.is_hit());
+    assert!(
+        get(&svc, &server.url("/a"), &[("cache-control", "max-age=30")])
+            .await
+            .is_hit()
+    );
     let old = get(&svc, &server.url("/a"), &[("cache-control", "max-age=10")]).await;
     assert!(old.cache_status().contains("fwd=request"));
     assert_eq!(server.calls(), 4);
@@ -34,16 +42,39 @@ async fn s5_2_1_min_fresh_and_max_stale() {
     let svc = cached(&CacheLayer::private());
     get(&svc, &server.url("/a"), &[]).await;
     tokio::time::advance(Duration::from_secs(60)).await;
-    assert!(get(&svc, &server.url("/a"), &[("cache-control", "min-fresh=30")]).await.is_hit());
-    let strict = get(&svc, &server.url("/a"), &[("cache-control", "min-fresh=50")]).await;
+    assert!(
+        get(
+            &svc,
+            &server.url("/a"),
+            &[("cache-control", "min-fresh=30")]
+        )
+        .await
+        .is_hit()
+    );
+    let strict = get(
+        &svc,
+        &server.url("/a"),
+        &[("cache-control", "min-fresh=50")],
+    )
+    .await;
     assert!(!strict.is_hit());
     assert_eq!(server.calls(), 2);
     // Revalidated just now: make it stale by 50 s.
     tokio::time::advance(Duration::from_secs(150)).await;
-    let ok = get(&svc, &server.url("/a"), &[("cache-control", "max-stale=60")]).await;
+    let ok = get(
+        &svc,
+        &server.url("/a"),
+        &[("cache-control", "max-stale=60")],
+    )
+    .await;
     assert!(ok.is_hit(), "{}", ok.cache_status());
     assert!(ok.cache_status().contains("detail=max-stale"));
-    let too_old = get(&svc, &server.url("/a"), &[("cache-control", "max-stale=10")]).await;
+    let too_old = get(
+        &svc,
+        &server.url("/a"),
+        &[("cache-control", "max-stale=10")],
+    )
+    .await;
     assert!(!too_old.is_hit());
     assert_eq!(server.calls(), 3);
 }
@@ -57,12 +88,22 @@ async fn s5_2_1_only_if_cached() {
     })
     .await;
     let svc = cached(&CacheLayer::shared());
-    let miss = get(&svc, &server.url("/a"), &[("cache-control", "only-if-cached")]).await;
+    let miss = get(
+        &svc,
+        &server.url("/a"),
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
     assert_eq!(miss.status, 504);
     assert!(miss.cache_status().contains("detail=only-if-cached"));
     assert_eq!(server.calls(), 0);
     get(&svc, &server.url("/a"), &[]).await;
-    let hit = get(&svc, &server.url("/a"), &[("cache-control", "only-if-cached")]).await;
+    let hit = get(
+        &svc,
+        &server.url("/a"),
+        &[("cache-control", "only-if-cached")],
+    )
+    .await;
     assert_eq!(hit.status, 200);
     assert_eq!(server.calls(), 1);
 }

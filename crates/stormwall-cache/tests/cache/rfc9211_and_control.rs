@@ -30,11 +30,32 @@ async fn rfc9211_cache_status_on_every_response() {
     let server = origin("max-age=60").await;
     let svc = cached(&CacheLayer::private().name("my cache"));
     let range = get(&svc, &server.url("/r"), &[("range", "bytes=0-1")]).await;
-    assert_eq!(range.cache_status(), "\"my cache\"; fwd=bypass; fwd-status=200");
-    let head = send(&svc, Request::head(server.url("/r")).body(Full::new(Bytes::new())).unwrap()).await;
-    assert_eq!(head.cache_status(), "\"my cache\"; fwd=method; fwd-status=200");
-    let del = send(&svc, Request::delete(server.url("/r")).body(Full::new(Bytes::new())).unwrap()).await;
-    assert_eq!(del.cache_status(), "\"my cache\"; fwd=method; fwd-status=200");
+    assert_eq!(
+        range.cache_status(),
+        "\"my cache\"; fwd=bypass; fwd-status=200"
+    );
+    let head = send(
+        &svc,
+        Request::head(server.url("/r"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        head.cache_status(),
+        "\"my cache\"; fwd=method; fwd-status=200"
+    );
+    let del = send(
+        &svc,
+        Request::delete(server.url("/r"))
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        del.cache_status(),
+        "\"my cache\"; fwd=method; fwd-status=200"
+    );
     let miss = get(&svc, &server.url("/r"), &[]).await;
     assert!(miss.cache_status().contains("stored"));
     let hit = get(&svc, &server.url("/r"), &[]).await;
@@ -45,7 +66,8 @@ async fn rfc9211_cache_status_on_every_response() {
 #[tokio::test]
 async fn predicate_limits_storage() {
     let server = origin("max-age=60").await;
-    let layer = CacheLayer::private().predicate(|c: &Candidate<'_>| c.uri.path().starts_with("/static/"));
+    let layer =
+        CacheLayer::private().predicate(|c: &Candidate<'_>| c.uri.path().starts_with("/static/"));
     let svc = cached(&layer);
     for _ in 0..2 {
         get(&svc, &server.url("/static/a.css"), &[]).await;

@@ -58,7 +58,11 @@ pub(crate) async fn get(svc: &Client, url: &str, headers: &[(&str, &str)]) -> Go
 }
 
 /// A response with these headers and body.
-pub(crate) fn respond(status: u16, headers: &[(&str, String)], body: &str) -> Response<Full<Bytes>> {
+pub(crate) fn respond(
+    status: u16,
+    headers: &[(&str, String)],
+    body: &str,
+) -> Response<Full<Bytes>> {
     let mut res = Response::builder().status(status);
     for (k, v) in headers {
         res = res.header(*k, v.as_str());

@@ -147,7 +147,13 @@ pub(crate) fn reject_response<B>(
         );
         if rejection.retry_after != Duration::MAX {
             let ms = u64::try_from(rejection.retry_after.as_millis()).unwrap_or(u64::MAX);
-            let ms = ms + u64::from(!rejection.retry_after.subsec_nanos().is_multiple_of(1_000_000));
+            let ms = ms
+                + u64::from(
+                    !rejection
+                        .retry_after
+                        .subsec_nanos()
+                        .is_multiple_of(1_000_000),
+                );
             h.insert(GRPC_RETRY_PUSHBACK_MS.clone(), HeaderValue::from(ms));
         }
         return res;

@@ -24,8 +24,10 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
 /// Sends `n` concurrent requests through `svc`; returns the statuses.
 async fn burst<S>(svc: S, url: &str, n: usize) -> Vec<StatusCode>
 where
-    S: Service<Request<Full<Bytes>>, Response = Response<stormwall_core::response::ResponseBody<hyper::body::Incoming>>>
-        + Clone
+    S: Service<
+            Request<Full<Bytes>>,
+            Response = Response<stormwall_core::response::ResponseBody<hyper::body::Incoming>>,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send,
@@ -90,7 +92,10 @@ async fn hundred_concurrent_requests_wait_their_turn_no_upstream_429() {
     let statuses = burst(svc, &upstream.url("/"), 100).await;
     let elapsed = start.elapsed();
 
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 100);
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        100
+    );
     assert_eq!(rejected.load(Ordering::SeqCst), 0);
     assert_eq!(upstream.calls(), 100);
     // 100 requests at 10/s with a burst of 1: the last leaves at 9.9 s (paused clock).
@@ -137,7 +142,9 @@ async fn upstream_advertised_quota_is_respected_without_configuring_it() {
             };
             res.headers_mut().insert(
                 "ratelimit",
-                format!(r#""default";r={remaining};t={secs}"#).parse().unwrap(),
+                format!(r#""default";r={remaining};t={secs}"#)
+                    .parse()
+                    .unwrap(),
             );
             res
         }
@@ -162,11 +169,21 @@ async fn upstream_advertised_quota_is_respected_without_configuring_it() {
     let start = Instant::now();
     let statuses = burst(svc, &upstream.url("/"), 100).await;
     let elapsed = start.elapsed();
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 100);
-    assert_eq!(rejected.load(Ordering::SeqCst), 0, "no request sent past the advertised quota");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        100
+    );
+    assert_eq!(
+        rejected.load(Ordering::SeqCst),
+        0,
+        "no request sent past the advertised quota"
+    );
     assert_eq!(upstream.calls(), 100);
     // 10 windows of 10 requests; a window's unused tail may be lost to the rounded-up reset.
-    assert!(elapsed >= Duration::from_secs(9) && elapsed < Duration::from_secs(25), "{elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(9) && elapsed < Duration::from_secs(25),
+        "{elapsed:?}"
+    );
     assert!(stats.stats().pushbacks >= 9, "{:?}", stats.stats());
 }
 
@@ -176,7 +193,8 @@ async fn upstream_advertised_quota_is_respected_without_configuring_it() {
 async fn upstream_429_pauses_the_key() {
     let upstream = TestServer::start(|_req| async {
         let mut res = status(StatusCode::TOO_MANY_REQUESTS);
-        res.headers_mut().insert("retry-after", "5".parse().unwrap());
+        res.headers_mut()
+            .insert("retry-after", "5".parse().unwrap());
         res
     })
     .await;

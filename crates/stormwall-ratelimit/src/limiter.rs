@@ -1,0 +1,276 @@
+//! The programmatic API, outside tower: [`Limiter`] (keyed, any store) and
+//! [`DirectLimiter`] (one lock-free GCRA cell).
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use stormwall_core::time::{Instant, sleep};
+
+use crate::algorithm::{Algorithm, Decision, Gcra};
+use crate::limit::QuotaHandle;
+use crate::memory::InMemoryStore;
+use crate::quota::Quota;
+use crate::store::{CheckMode, LimitCheck, LimitId, LimitKey, Store, StoreError};
+
+/// Why [`Limiter::acquire`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// The cost can never fit the quota (above the burst / limit).
+    #[error("the cost exceeds what the quota can ever admit")]
+    Never,
+    /// Admission is later than the maximum wait.
+    #[error("admission would take {0:?}, longer than the maximum wait")]
+    TooLong(Duration),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A keyed rate limiter for direct use (no tower): one limit over any [`Store`].
+///
+/// ```
+/// use std::time::Duration;
+/// use stormwall_ratelimit::{Limiter, Quota};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let limiter = Limiter::new("per-user", Quota::per_second(2).unwrap());
+/// assert!(limiter.try_acquire(&"alice", 1).is_ok());
+/// assert_eq!(limiter.available(&"alice"), 1);
+/// assert!(limiter.try_acquire(&"alice", 1).is_ok());
+/// let no = limiter.try_acquire(&"alice", 1).unwrap_err();
+/// assert_eq!(no.retry_after, Duration::from_millis(500));
+/// // `acquire` waits for the quota (here 500 ms of paused time).
+/// let waited = limiter.acquire(&"alice", 1, Duration::from_secs(1)).await.unwrap();
+/// assert_eq!(waited, Duration::from_millis(500));
+/// limiter.reset(&"alice");
+/// assert_eq!(limiter.available(&"alice"), 2);
+/// # }
+/// ```
+pub struct Limiter<St = InMemoryStore> {
+    id: LimitId,
+    quota: QuotaHandle,
+    algorithm: Algorithm,
+    store: Arc<St>,
+}
+
+impl<St> Clone for Limiter<St> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            quota: self.quota.clone(),
+            algorithm: self.algorithm,
+            store: self.store.clone(),
+        }
+    }
+}
+
+impl<St: fmt::Debug> fmt::Debug for Limiter<St> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Limiter")
+            .field("name", &self.id.name())
+            .field("quota", &self.quota.get())
+            .field("algorithm", &self.algorithm)
+            .field("store", &self.store)
+            .finish()
+    }
+}
+
+impl Limiter<InMemoryStore> {
+    /// A GCRA limiter over a new [`InMemoryStore`].
+    pub fn new(name: impl Into<Arc<str>>, quota: Quota) -> Self {
+        Self::with_store(name, quota, InMemoryStore::new())
+    }
+
+    /// Decides now, spending `cost` if admitted: `Ok(decision)` or `Err(decision)` with the
+    /// exact [`retry_after`](Decision::retry_after). A full store refuses new keys with an
+    /// `Err` whose `retry_after` is one second.
+    pub fn try_acquire<K: fmt::Debug + Any>(
+        &self,
+        key: &K,
+        cost: u64,
+    ) -> Result<Decision, Decision> {
+        let key = LimitKey::from_key(key);
+        match self.store.check_now(
+            Instant::now(),
+            &[self.limit_check(&key, cost)],
+            CheckMode::Acquire,
+        ) {
+            Ok(d) if d.allowed => Ok(d),
+            Ok(d) => Err(d),
+            Err(_) => Err(Decision {
+                allowed: false,
+                retry_after: Duration::from_secs(1),
+                ..crate::store::unlimited()
+            }),
+        }
+    }
+
+    /// What a request of `cost` would get now, without spending anything.
+    pub fn check<K: fmt::Debug + Any>(&self, key: &K, cost: u64) -> Decision {
+        let key = LimitKey::from_key(key);
+        self.store
+            .check_now(
+                Instant::now(),
+                &[self.limit_check(&key, cost)],
+                CheckMode::Peek,
+            )
+            .unwrap_or_else(|_| crate::store::unlimited())
+    }
+
+    /// Units available to `key` right now.
+    pub fn available<K: fmt::Debug + Any>(&self, key: &K) -> u64 {
+        self.check(key, 0).remaining
+    }
+
+    /// Forgets `key`'s state: its quota is full again.
+    pub fn reset<K: fmt::Debug + Any>(&self, key: &K) {
+        self.store.reset_now(&self.id, &LimitKey::from_key(key));
+    }
+}
+
+impl<St: Store> Limiter<St> {
+    /// A GCRA limiter over `store`.
+    pub fn with_store(name: impl Into<Arc<str>>, quota: Quota, store: St) -> Self {
+        Self {
+            id: LimitId::new(name),
+            quota: QuotaHandle::new(quota),
+            algorithm: Algorithm::Gcra,
+            store: Arc::new(store),
+        }
+    }
+
+    /// Sets the algorithm.
+    pub fn algorithm(mut self, algorithm: Algorithm) -> Self {
+        self.algorithm = algorithm;
+        self
+    }
+
+    /// A handle to change the quota at run time.
+    pub fn quota_handle(&self) -> QuotaHandle {
+        self.quota.clone()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &St {
+        &self.store
+    }
+
+    fn limit_check<'a>(&'a self, key: &'a LimitKey, cost: u64) -> LimitCheck<'a> {
+        LimitCheck {
+            limit: &self.id,
+            key,
+            quota: self.quota.get(),
+            algorithm: self.algorithm,
+            cost,
+        }
+    }
+
+    /// Decides through the store (any store, async).
+    pub async fn decide<K: fmt::Debug + Any>(
+        &self,
+        key: &K,
+        cost: u64,
+        mode: CheckMode,
+    ) -> Result<Decision, StoreError> {
+        let key = LimitKey::from_key(key);
+        self.store
+            .check(Instant::now(), &[self.limit_check(&key, cost)], mode)
+            .await
+    }
+
+    /// Waits until `cost` units are granted to `key` (for a shaper, also until the release
+    /// time), up to `max_wait`. Returns how long it waited.
+    pub async fn acquire<K: fmt::Debug + Any>(
+        &self,
+        key: &K,
+        cost: u64,
+        max_wait: Duration,
+    ) -> Result<Duration, AcquireError> {
+        let key = LimitKey::from_key(key);
+        let start = Instant::now();
+        loop {
+            let now = Instant::now();
+            let d = self
+                .store
+                .check(now, &[self.limit_check(&key, cost)], CheckMode::Acquire)
+                .await?;
+            if d.allowed {
+                if d.delay > Duration::ZERO {
+                    sleep(d.delay).await;
+                }
+                return Ok(start.elapsed());
+            }
+            if d.retry_after == Duration::MAX {
+                return Err(AcquireError::Never);
+            }
+            let total = now.saturating_duration_since(start) + d.retry_after;
+            if total > max_wait {
+                return Err(AcquireError::TooLong(total));
+            }
+            sleep(d.retry_after).await;
+        }
+    }
+}
+
+/// One lock-free GCRA cell: a single, unkeyed limit decided with one atomic compare-and-swap
+/// (the same algorithm as the keyed store, without the map).
+///
+/// ```
+/// use stormwall_ratelimit::{DirectLimiter, Quota};
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let limiter = DirectLimiter::new(Quota::per_second(5).unwrap());
+/// let admitted = (0..10).filter(|_| limiter.try_acquire(1).is_ok()).count();
+/// assert_eq!(admitted, 5);
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct DirectLimiter {
+    tat: AtomicU64,
+    quota: Quota,
+    epoch: Instant,
+}
+
+impl DirectLimiter {
+    /// A full limiter.
+    pub fn new(quota: Quota) -> Self {
+        Self {
+            tat: AtomicU64::new(0),
+            quota,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Decides `cost` units now.
+    pub fn try_acquire(&self, cost: u64) -> Result<Decision, Decision> {
+        let now = u64::try_from(
+            Instant::now()
+                .saturating_duration_since(self.epoch)
+                .as_nanos(),
+        )
+        .unwrap_or(u64::MAX / 2)
+            + 1;
+        self.try_acquire_at(now, cost)
+    }
+
+    /// Decides `cost` units at `now` (nanoseconds since the limiter's creation).
+    pub fn try_acquire_at(&self, now: u64, cost: u64) -> Result<Decision, Decision> {
+        let mut cur = self.tat.load(Ordering::Acquire);
+        loop {
+            let (d, new) = Gcra::decide(&self.quota, cur, now, cost);
+            let Some(new) = new else { return Err(d) };
+            match self
+                .tat
+                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(d),
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+}

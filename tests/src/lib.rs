@@ -8,6 +8,7 @@
 //!
 //! Everything here binds to `127.0.0.1` only and stops when dropped.
 
+pub mod fault;
 pub mod grpc;
 pub mod http;
 pub mod redis;

@@ -548,19 +548,21 @@ impl Breaker {
         }
     }
 
+    #[inline]
     fn over_threshold(&self, c: &Counts, minimum: u64) -> bool {
+        // failures / calls * 100 >= threshold, without a division.
+        let calls = c.calls as f64;
         c.calls >= minimum
             && c.calls > 0
-            && (c.failure_rate() >= self.config.failure_rate_threshold
+            && (c.failures as f64 * 100.0 >= self.config.failure_rate_threshold * calls
                 || (self.config.slow_call_duration.is_some()
-                    && c.slow_rate() >= self.config.slow_call_rate_threshold))
+                    && c.slow as f64 * 100.0 >= self.config.slow_call_rate_threshold * calls))
     }
 
     #[cold]
     fn record_probe(&self, permit: Permit, bits: u8, now: Instant) {
-        let add = 1
-            | ((bits & FAILED) >> 1) as u64 * (1 << H)
-            | ((bits & SLOW) >> 2) as u64 * (1 << (2 * H));
+        let add =
+            1 | (((bits & FAILED) >> 1) as u64) << H | (((bits & SLOW) >> 2) as u64) << (2 * H);
         let tag = permit.epoch << (3 * H);
         let mut cur = self.half_open.load(Ordering::Acquire);
         let after = loop {
@@ -765,7 +767,7 @@ impl Breaker {
 
 fn ceil_micros(d: Duration) -> u64 {
     let us = d.as_micros();
-    let us = if d.subsec_nanos() % 1_000 != 0 {
+    let us = if !d.subsec_nanos().is_multiple_of(1_000) {
         us + 1
     } else {
         us

@@ -134,10 +134,11 @@ impl<C, M> CircuitBreakerLayer<C, SingleBreaker, M> {
     ///
     /// let layer = CircuitBreakerLayer::new("upstreams", BreakerConfig::new())
     ///     .unwrap()
-    ///     .keyed(AuthorityKey::new(), 1_000)
+    ///     .keyed(AuthorityKey, 1_000)
     ///     .unwrap();
     /// assert_eq!(layer.stats().snapshot().len(), 1); // just the fallback so far
     /// ```
+    #[allow(clippy::type_complexity)]
     pub fn keyed<E>(
         self,
         extractor: E,
@@ -150,6 +151,7 @@ impl<C, M> CircuitBreakerLayer<C, SingleBreaker, M> {
     }
 
     /// [`keyed`](Self::keyed) for extractors that only key a specific request type `Req`.
+    #[allow(clippy::type_complexity)]
     pub fn keyed_any<E, Req>(
         self,
         extractor: E,

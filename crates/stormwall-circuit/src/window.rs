@@ -63,6 +63,14 @@ pub(crate) struct CountWindow {
     slots: Box<[AtomicU8]>,
     seq: AtomicU32,
     agg: AtomicU64,
+    /// `u64::MAX / len + 1`, for a division-free `% len` (Lemire's fastmod).
+    magic: u64,
+}
+
+#[inline]
+fn fastmod(a: u32, magic: u64, d: u32) -> u32 {
+    let low = magic.wrapping_mul(a as u64);
+    ((low as u128 * d as u128) >> 64) as u32
 }
 
 impl CountWindow {
@@ -71,19 +79,21 @@ impl CountWindow {
             slots: (0..n).map(|_| AtomicU8::new(0)).collect(),
             seq: AtomicU32::new(0),
             agg: AtomicU64::new(0),
+            magic: (u64::MAX / n as u64).wrapping_add(1),
         }
     }
 
-    /// Records one call (`bits`: [`FAILED`] | [`SLOW`]) and returns the window after it.
+    /// Records one call (`bits`: [`FAILED`] | [`SLOW`]) and returns the window after it, or
+    /// `None` when the window did not change (the slot already held the same outcome: the
+    /// previous judgement stands) or was read mid-update.
     #[inline]
     pub(crate) fn record(&self, bits: u8) -> Option<Counts> {
         let len = self.slots.len() as u32;
-        let i = self.seq.fetch_add(1, Ordering::Relaxed) % len;
+        let i = fastmod(self.seq.fetch_add(1, Ordering::Relaxed), self.magic, len);
         let new = bits | PRESENT;
         let slot = &self.slots[i as usize];
         if slot.load(Ordering::Relaxed) == new {
-            // Same value in the slot: the aggregate does not change.
-            return self.counts();
+            return None;
         }
         let old = slot.swap(new, Ordering::AcqRel);
         let delta = packed21(new).wrapping_sub(packed21(old));
@@ -202,12 +212,12 @@ impl TimeWindow {
     pub(crate) fn counts(&self, now_sec: u64) -> Counts {
         let n = self.buckets.len() as u64;
         let mut c = Counts::default();
-        for (i, b) in self.buckets.iter().enumerate() {
-            let i = i as u64;
-            if now_sec < i {
-                continue;
-            }
-            let expected = now_sec - (now_sec - i) % n;
+        // Walk back from the current second: one division, then a wrapping index.
+        let mut slot = (now_sec % n) as usize;
+        for k in 0..n.min(now_sec + 1) {
+            let expected = now_sec - k;
+            let b = &self.buckets[slot];
+            slot = if slot == 0 { n as usize - 1 } else { slot - 1 };
             if b.epoch.load(Ordering::Acquire) != expected {
                 continue;
             }
@@ -241,9 +251,21 @@ mod tests {
         w.record(0);
         w.record(SLOW);
         let c = w.record(0).unwrap(); // evicts the failure
+        assert_eq!(w.record(0), None, "success over success: unchanged");
+        w.record(SLOW);
         assert_eq!((c.calls, c.failures, c.slow), (3, 0, 1));
         w.reset();
         assert_eq!(w.counts().unwrap(), Counts::default());
+    }
+
+    #[test]
+    fn fastmod_is_modulo() {
+        for d in [1u32, 2, 3, 7, 100, 1 << 20] {
+            let m = (u64::MAX / d as u64).wrapping_add(1);
+            for a in [0u32, 1, 5, 99, 100, 101, 12_345_678, u32::MAX - 1, u32::MAX] {
+                assert_eq!(fastmod(a, m, d), a % d, "{a} % {d}");
+            }
+        }
     }
 
     #[test]

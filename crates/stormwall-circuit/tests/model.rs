@@ -102,7 +102,7 @@ struct Model {
 
 fn ceil_us(d: Duration) -> u64 {
     let us = d.as_micros() as u64;
-    if d.subsec_nanos() % 1_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000) {
         us + 1
     } else {
         us

@@ -1,0 +1,156 @@
+//! Closed-state overhead of a circuit breaker per call: Stormwall against `failsafe` and
+//! `tower-resilience-circuitbreaker`, same run, same inner service.
+//!
+//! `cargo bench -p stormwall-benches --features circuit --bench circuit`
+
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
+
+use std::convert::Infallible;
+use std::future::{Ready, ready};
+use std::hint::black_box;
+use std::task::{Context, Waker};
+use std::time::Duration;
+
+use circuit_http::{Request, Response};
+use circuit_tower::{Layer, Service, service_fn};
+use criterion::{Criterion, criterion_group, criterion_main};
+use stormwall::circuit::{Breaker, BreakerConfig, CircuitBreakerLayer, Window};
+
+type Inner = circuit_tower::util::ServiceFn<
+    fn(Request<()>) -> Ready<Result<Response<()>, Infallible>>,
+>;
+
+fn inner() -> Inner {
+    fn handler(_req: Request<()>) -> Ready<Result<Response<()>, Infallible>> {
+        ready(Ok(Response::new(())))
+    }
+    service_fn(handler as fn(_) -> _)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn closed_call(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("circuit/closed_call");
+
+    g.bench_function("baseline (no breaker)", |b| {
+        let mut svc = inner();
+        b.to_async(&rt).iter(|| {
+            let fut = svc.call(Request::new(()));
+            async move { black_box(fut.await.unwrap()) }
+        })
+    });
+
+    g.bench_function("stormwall", |b| {
+        let layer = CircuitBreakerLayer::new("bench", BreakerConfig::new()).unwrap();
+        let mut svc = layer.layer(inner());
+        b.to_async(&rt).iter(|| {
+            let fut = svc.call(Request::new(()));
+            async move { black_box(fut.await.unwrap()) }
+        })
+    });
+
+    g.bench_function("stormwall (time window)", |b| {
+        let config = BreakerConfig::new().window(Window::Time(60));
+        let layer = CircuitBreakerLayer::new("bench-time", config).unwrap();
+        let mut svc = layer.layer(inner());
+        b.to_async(&rt).iter(|| {
+            let fut = svc.call(Request::new(()));
+            async move { black_box(fut.await.unwrap()) }
+        })
+    });
+
+    g.bench_function("failsafe", |b| {
+        use failsafe::futures::CircuitBreaker as _;
+        let cb = failsafe::Config::new().build();
+        let mut svc = inner();
+        b.to_async(&rt).iter(|| {
+            let fut = cb.call(svc.call(Request::new(())));
+            async move { black_box(fut.await.unwrap()) }
+        })
+    });
+
+    g.bench_function("tower-resilience-circuitbreaker", |b| {
+        let layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+            .failure_rate_threshold(0.5)
+            .sliding_window_size(100)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(inner());
+        b.to_async(&rt).iter(|| {
+            let fut = svc.call(Request::new(()));
+            async move { black_box(fut.await.unwrap()) }
+        })
+    });
+    g.finish();
+
+    // Readiness included (tower-resilience does work in poll_ready).
+    let mut g = c.benchmark_group("circuit/ready_and_call");
+    g.bench_function("stormwall", |b| {
+        let layer = CircuitBreakerLayer::new("bench2", BreakerConfig::new()).unwrap();
+        let mut svc = layer.layer(inner());
+        b.to_async(&rt).iter(|| {
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(svc.poll_ready(&mut cx).is_ready());
+            let fut = svc.call(Request::new(()));
+            async move { black_box(fut.await.unwrap()) }
+        })
+    });
+    g.bench_function("tower-resilience-circuitbreaker", |b| {
+        let layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+            .failure_rate_threshold(0.5)
+            .sliding_window_size(100)
+            .build()
+            .unwrap();
+        let mut svc = layer.layer(inner());
+        b.to_async(&rt).iter(|| {
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(svc.poll_ready(&mut cx).is_ready());
+            let fut = svc.call(Request::new(()));
+            async move { black_box(fut.await.unwrap()) }
+        })
+    });
+    g.finish();
+}
+
+fn state_machine(c: &mut Criterion) {
+    let mut g = c.benchmark_group("circuit/state_machine");
+    g.bench_function("stormwall acquire+record", |b| {
+        let breaker = Breaker::new("sm", BreakerConfig::new()).unwrap();
+        let now = tokio::time::Instant::now();
+        b.iter(|| {
+            let permit = breaker.try_acquire(black_box(now)).unwrap();
+            breaker.record(permit, black_box(false), false, now);
+        })
+    });
+    g.bench_function("failsafe call", |b| {
+        use failsafe::CircuitBreaker as _;
+        let cb = failsafe::Config::new().build();
+        b.iter(|| black_box(cb.call(|| Ok::<_, ()>(black_box(1)))))
+    });
+    g.finish();
+}
+
+fn open_reject(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("circuit/open_reject");
+    g.bench_function("stormwall", |b| {
+        let config = BreakerConfig::new().wait_duration(Duration::from_secs(3_600));
+        let layer = CircuitBreakerLayer::new("open", config).unwrap();
+        layer.breaker().force_open();
+        let mut svc = layer.layer(inner());
+        b.to_async(&rt).iter(|| {
+            let fut = svc.call(Request::new(()));
+            async move { black_box(fut.await.is_err()) }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, closed_call, state_machine, open_reject);
+criterion_main!(benches);

@@ -58,7 +58,7 @@ pin_project! {
     pub struct ResponseBody<B, E> {
         #[pin]
         inner: CoreBody<B>,
-        eos: Option<Eos<E>>,
+        eos: Option<Box<Eos<E>>>,
     }
 }
 
@@ -82,7 +82,9 @@ impl<B, E> ResponseBody<B, E> {
     pub(crate) fn classify_at_eos(body: B, classify: E, guard: Guard) -> Self {
         Self {
             inner: CoreBody::inner(body),
-            eos: Some(Eos { classify, guard }),
+            // Boxed so that the body stays small on the common (classified-at-headers) path;
+            // this one allocation happens only for responses classified at end of stream.
+            eos: Some(Box::new(Eos { classify, guard })),
         }
     }
 
@@ -121,7 +123,7 @@ where
                 let Eos {
                     classify,
                     mut guard,
-                } = eos;
+                } = *eos;
                 let failure = classify.classify_eos(trailers).err().map(Into::into);
                 guard.finish(failure.as_ref());
             } else if let Some(Err(e)) = &frame {
@@ -129,7 +131,7 @@ where
                 let Eos {
                     classify,
                     mut guard,
-                } = eos;
+                } = *eos;
                 let failure: Failure = classify.classify_error(e).into();
                 guard.finish(Some(&failure));
             }

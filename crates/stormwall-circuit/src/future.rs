@@ -38,8 +38,8 @@ pin_project! {
             future: F,
             classifier: Option<C>,
             guard: Guard,
-            start: Option<tokio::time::Instant>,
-            slow_after: Option<std::time::Duration>,
+            // When the call becomes slow (only when slow calls are detected).
+            slow_at: Option<tokio::time::Instant>,
         },
     }
 }
@@ -78,8 +78,7 @@ impl<F, C, M> ResponseFuture<F, C, M> {
                 future,
                 classifier: Some(classifier),
                 guard,
-                start: slow_after.map(|_| tokio::time::Instant::now()),
-                slow_after,
+                slow_at: slow_after.map(|after| tokio::time::Instant::now() + after),
             },
             _mode: PhantomData,
         }
@@ -107,12 +106,11 @@ where
             future,
             classifier,
             guard,
-            start,
-            slow_after,
+            slow_at,
         } => {
             let result = ready!(future.poll(cx));
-            if let (Some(start), Some(after)) = (start, slow_after) {
-                guard.slow = start.elapsed() >= *after;
+            if let Some(slow_at) = slow_at {
+                guard.slow = tokio::time::Instant::now() >= *slow_at;
             }
             let classifier = classifier.take().expect("polled after completion");
             match result {

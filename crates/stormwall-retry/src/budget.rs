@@ -116,8 +116,9 @@ impl RetryBudget {
     }
 
     fn epoch(&self, now: Instant) -> u32 {
-        let nanos = now.saturating_duration_since(self.start).as_nanos();
-        (nanos / u128::from(self.slot_nanos.max(1))) as u32
+        let nanos =
+            u64::try_from(now.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX);
+        (nanos / self.slot_nanos.max(1)) as u32
     }
 
     fn add(&self, now: Instant, milli: i64) {

@@ -87,6 +87,12 @@
 //! Every attempt and decision is also a `tracing` event at debug level, and
 //! [`RetryLayer::stats`] / [`Retry::stats`] return a [`RetryStats`] snapshot.
 //!
+//! # Cargo features
+//!
+//! - `hyper-util`: recognise connect errors of hyper-util's legacy client (they are retried);
+//!   without it, inner errors are classified only when they are a `BoxError`, an `io::Error`
+//!   or a tokio `Elapsed` (their source chains are walked), or by their message.
+//!
 //! # Limits
 //!
 //! - gRPC responses whose `grpc-status` arrives only in trailers are not inspected (they would

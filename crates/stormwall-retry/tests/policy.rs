@@ -365,3 +365,98 @@ async fn budget_exhaustion_stops_retries() {
     assert_eq!(send(&mut svc, get()).await.unwrap().status(), 503);
     assert_eq!(script.calls(), 4);
 }
+
+/// A service that insists on `poll_ready` before every `call` (like tower's contract).
+#[derive(Clone)]
+struct Strict {
+    ready: bool,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    violations: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Service<Req> for Strict {
+    type Response = Res;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Res, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: Req) -> Self::Future {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !std::mem::replace(&mut self.ready, false) {
+            self.violations.fetch_add(1, SeqCst);
+        }
+        let n = self.calls.fetch_add(1, SeqCst);
+        let status = if n < 3 { 503 } else { 200 };
+        std::future::ready(Ok(Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::new()))
+            .unwrap()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn poll_ready_before_every_attempt() {
+    let strict = Strict {
+        ready: false,
+        calls: Arc::default(),
+        violations: Arc::default(),
+    };
+    let mut svc = unlimited()
+        .max_attempts(4)
+        .backoff(Backoff::none())
+        .layer_service(strict.clone());
+    assert_eq!(send(&mut svc, get()).await.unwrap().status(), 200);
+    assert_eq!(strict.calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(
+        strict.violations.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn hedging_sends_a_second_attempt_only_for_retryable_requests() {
+    let script = Script::new(vec![Step::Hang]);
+    let layer = unlimited().hedge_after(MS * 100);
+    let mut svc = layer.clone().layer_service(script.service());
+    let start = Instant::now();
+    assert_eq!(send(&mut svc, get()).await.unwrap().status(), 200);
+    assert_eq!(start.elapsed(), MS * 100);
+    assert_eq!(script.calls(), 2);
+    assert_eq!(layer.stats().hedges, 1);
+
+    // A POST without Idempotency-Key is never hedged.
+    let script = Script::new(vec![Step::Hang]);
+    let mut svc = unlimited()
+        .hedge_after(MS * 100)
+        .attempt_timeout(Duration::from_secs(1))
+        .layer_service(script.service());
+    let post = Request::post("http://upstream/x")
+        .body(Full::new(Bytes::from("p")))
+        .unwrap();
+    let err = send(&mut svc, post).await.unwrap_err();
+    assert!(err.is_attempt_timeout());
+    assert_eq!(script.calls(), 1);
+
+    // Hedges need budget.
+    let script = Script::new(vec![Step::Hang]);
+    let budget = RetryBudget::new(Duration::from_secs(10), 0, 0.2).unwrap();
+    let layer = RetryLayer::new()
+        .budget(budget)
+        .hedge_after(MS * 100)
+        .attempt_timeout(Duration::from_secs(1))
+        .max_attempts(3);
+    let mut svc = layer.clone().layer_service(script.service());
+    let err = send(&mut svc, get()).await.unwrap_err();
+    assert!(err.is_attempt_timeout());
+    assert_eq!(script.calls(), 1);
+    assert_eq!(layer.stats().hedges, 0);
+    // One refusal for the hedge, one for the retry after the timeout.
+    assert_eq!(layer.stats().budget_exhausted, 2);
+}

@@ -24,6 +24,7 @@ pub(crate) struct Config {
     pub(crate) deadline: Option<Duration>,
     pub(crate) max_pushback: Duration,
     pub(crate) retry_unsafe: bool,
+    pub(crate) retry_grpc: bool,
     pub(crate) predicate: Option<Predicate>,
     pub(crate) classifier: ResilienceClassifier,
     pub(crate) body_limit: usize,
@@ -39,6 +40,7 @@ impl Default for Config {
             deadline: None,
             max_pushback: Duration::from_secs(30),
             retry_unsafe: false,
+            retry_grpc: false,
             predicate: None,
             classifier: ResilienceClassifier::new(),
             body_limit: 64 * 1024,
@@ -56,6 +58,7 @@ impl fmt::Debug for Config {
             .field("deadline", &self.deadline)
             .field("max_pushback", &self.max_pushback)
             .field("retry_unsafe", &self.retry_unsafe)
+            .field("retry_grpc", &self.retry_grpc)
             .field("predicate", &self.predicate.as_ref().map(|_| "custom"))
             .field("body_limit", &self.body_limit)
             .field("hedge_after", &self.hedge_after)
@@ -82,8 +85,18 @@ impl Config {
     }
 
     pub(crate) fn method_is_retryable(&self, method: &Method, headers: &http::HeaderMap) -> bool {
-        self.retry_unsafe || is_idempotent(method) || headers.contains_key("idempotency-key")
+        self.retry_unsafe
+            || is_idempotent(method)
+            || headers.contains_key("idempotency-key")
+            || (self.retry_grpc && is_grpc_request(headers))
     }
+}
+
+fn is_grpc_request(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 /// Methods that RFC 9110 §9.2.2 defines as idempotent.
@@ -199,6 +212,15 @@ impl RetryLayer {
     /// Also retry non-idempotent methods (`POST`, `PATCH`, …) without an `Idempotency-Key`.
     pub fn retry_unsafe_methods(mut self, yes: bool) -> Self {
         self.config.retry_unsafe = yes;
+        self
+    }
+
+    /// Retry gRPC calls (requests with `content-type: application/grpc*`). Every gRPC call is a
+    /// `POST`, so without this (or [`RetryLayer::retry_unsafe_methods`]) gRPC calls are sent
+    /// once. Enable it for methods that are safe to repeat: gRPC `UNAVAILABLE` usually means
+    /// the call was not processed, but not always.
+    pub fn retry_grpc(mut self, yes: bool) -> Self {
+        self.config.retry_grpc = yes;
         self
     }
 

@@ -16,7 +16,8 @@
 //!   [`RetryLayer::retry_if`].
 //! - **Unsafe methods** (`POST`, `PATCH`, …) are sent once unless the request carries an
 //!   `Idempotency-Key` header or [`RetryLayer::retry_unsafe_methods`] is set. `GET`, `HEAD`,
-//!   `OPTIONS`, `TRACE`, `PUT` and `DELETE` are idempotent.
+//!   `OPTIONS`, `TRACE`, `PUT` and `DELETE` are idempotent. gRPC calls are `POST`s: enable
+//!   [`RetryLayer::retry_grpc`] to retry them.
 //! - **Server pushback**: `Retry-After` (seconds or HTTP-date), an exhausted `RateLimit` /
 //!   `X-RateLimit-*` reset and `grpc-retry-pushback-ms` replace the backoff for the next delay,
 //!   clamped to [`RetryLayer::max_pushback`]. A pushback ending beyond the deadline stops

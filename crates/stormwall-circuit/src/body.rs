@@ -23,6 +23,7 @@ pub(crate) struct Guard {
 }
 
 impl Guard {
+    #[inline]
     pub(crate) fn finish(&mut self, failure: Option<&Failure>) {
         if let Some(permit) = self.permit.take() {
             if let Some(f) = failure {

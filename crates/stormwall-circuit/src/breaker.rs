@@ -258,6 +258,8 @@ pub struct Breaker {
     word: AtomicU64,
     window: WindowImpl,
     consecutive: AtomicU32,
+    /// 1 + the second of the last failed or slow call recorded in a time window (0: none).
+    last_bad_sec: AtomicU64,
     half_open: AtomicU64,
     opens: AtomicU32,
     rejected: AtomicU64,
@@ -312,6 +314,7 @@ impl Breaker {
             word: AtomicU64::new(word(State::Closed, 0, 0)),
             window,
             consecutive: AtomicU32::new(0),
+            last_bad_sec: AtomicU64::new(0),
             half_open: AtomicU64::new(0),
             opens: AtomicU32::new(0),
             rejected: AtomicU64::new(0),
@@ -514,6 +517,16 @@ impl Breaker {
                         let now = now();
                         let sec = self.micros(now) / 1_000_000;
                         tw.record(sec, bits);
+                        if bits != 0 {
+                            self.last_bad_sec.fetch_max(sec + 1, Ordering::AcqRel);
+                        } else {
+                            let last = self.last_bad_sec.load(Ordering::Acquire);
+                            if last == 0 || last - 1 + tw.secs() <= sec {
+                                // No failure or slow call in the window: a success cannot
+                                // trip it, so the buckets need not be read.
+                                return;
+                            }
+                        }
                         Some(tw.counts(sec))
                     }
                     WindowImpl::Consecutive(n) => {
@@ -651,6 +664,7 @@ impl Breaker {
             WindowImpl::Consecutive(_) => {}
         }
         self.consecutive.store(0, Ordering::Release);
+        self.last_bad_sec.store(0, Ordering::Release);
         self.transitions.fetch_add(1, Ordering::Relaxed);
         self.metrics.state.set(to as u8 as f64);
         self.metrics.failure_rate.set(counts.failure_rate());

@@ -67,6 +67,7 @@ impl<F, C, M> ResponseFuture<F, C, M> {
         }
     }
 
+    #[inline(always)]
     pub(crate) fn call(
         future: F,
         classifier: C,
@@ -87,6 +88,7 @@ impl<F, C, M> ResponseFuture<F, C, M> {
 
 /// Polls the call and classifies its outcome. `Err(None)` means rejected.
 #[allow(clippy::type_complexity)]
+#[inline(always)]
 fn poll_call<F, C, B, E>(
     kind: Pin<&mut Kind<F, C>>,
     cx: &mut Context<'_>,

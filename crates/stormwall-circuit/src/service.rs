@@ -83,7 +83,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 }
 
 impl<S, C, K, M> CircuitBreaker<S, C, K, M> {
-    #[inline]
+    #[inline(always)]
     fn start<ReqB>(&mut self, req: Request<ReqB>) -> ResponseFuture<S::Future, C::Classifier, M>
     where
         S: Service<Request<ReqB>>,
@@ -126,6 +126,7 @@ where
             .map_err(CircuitBreakerError::Inner)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         self.start(req)
     }
@@ -149,6 +150,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         self.start(req)
     }

@@ -89,6 +89,11 @@ impl CountWindow {
     #[inline]
     pub(crate) fn record(&self, bits: u8) -> Option<Counts> {
         let len = self.slots.len() as u32;
+        if bits == 0 && self.agg.load(Ordering::Relaxed) == len as u64 {
+            // A full window of plain successes: one more success changes nothing (the slot it
+            // would replace holds a success too). The healthy steady state writes nothing.
+            return None;
+        }
         let i = fastmod(self.seq.fetch_add(1, Ordering::Relaxed), self.magic, len);
         let new = bits | PRESENT;
         let slot = &self.slots[i as usize];
@@ -154,6 +159,10 @@ impl TimeWindow {
                 })
                 .collect(),
         }
+    }
+
+    pub(crate) fn secs(&self) -> u64 {
+        self.buckets.len() as u64
     }
 
     fn gen_of(&self, sec: u64) -> u64 {
@@ -251,9 +260,19 @@ mod tests {
         w.record(0);
         w.record(SLOW);
         let c = w.record(0).unwrap(); // evicts the failure
-        assert_eq!(w.record(0), None, "success over success: unchanged");
-        w.record(SLOW);
         assert_eq!((c.calls, c.failures, c.slow), (3, 0, 1));
+        assert_eq!(w.record(0), None, "success over success: unchanged");
+        let c = w.record(0).unwrap(); // evicts the slow call
+        assert_eq!(
+            c,
+            Counts {
+                calls: 3,
+                failures: 0,
+                slow: 0
+            }
+        );
+        assert_eq!(w.record(0), None, "full window of successes: skipped");
+        assert_eq!(w.record(SLOW).unwrap().slow, 1);
         w.reset();
         assert_eq!(w.counts().unwrap(), Counts::default());
     }

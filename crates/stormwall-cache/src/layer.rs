@@ -12,7 +12,7 @@ use tower_layer::Layer;
 
 use crate::policy::{self, Rules};
 use crate::service::{Cache, Flight};
-use crate::stats::{CacheStats, Counters, bump};
+use crate::stats::{CacheStats, Counters};
 use crate::status::format_name;
 use crate::store::{MemoryStore, Store};
 
@@ -61,10 +61,7 @@ impl Shared {
     pub(crate) fn remove_key(&self, key: &str) -> bool {
         let removed = self.store.remove(key);
         if removed {
-            bump(
-                &self.counters.invalidated,
-                "stormwall_cache_invalidations_total",
-            );
+            self.counters.invalidated.bump();
         }
         removed
     }
@@ -228,7 +225,7 @@ impl CacheLayer {
                     predicate: c.predicate.clone(),
                     group: Group::named("cache").max_waiters(c.max_waiters),
                     refreshing: Mutex::new(HashSet::new()),
-                    counters: Counters::default(),
+                    counters: Counters::new(),
                 })
             })
             .clone()
@@ -289,10 +286,7 @@ impl CacheHandle {
             .store
             .remove_matching(&|k: &str| k.starts_with(&normalized));
         for _ in 0..n {
-            bump(
-                &self.shared.counters.invalidated,
-                "stormwall_cache_invalidations_total",
-            );
+            self.shared.counters.invalidated.bump();
         }
         n
     }

@@ -353,6 +353,43 @@ pub(crate) fn primary_key(method: &Method, origin: &str, uri: &Uri) -> String {
     key
 }
 
+/// The primary key of a `GET` request in one allocation (the hit path): same result as
+/// `primary_key(GET, request_origin(..), uri)`.
+pub(crate) fn get_key(uri: &Uri, headers: &HeaderMap, default_scheme: &str) -> Option<String> {
+    let scheme = uri.scheme_str().unwrap_or(default_scheme);
+    let authority = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(http::header::HOST)?.to_str().ok()?.trim(),
+    };
+    if authority.is_empty() || authority.contains(['/', ' ', '@']) {
+        return None;
+    }
+    let default_port = if scheme.eq_ignore_ascii_case("http") {
+        ":80"
+    } else if scheme.eq_ignore_ascii_case("https") {
+        ":443"
+    } else {
+        ""
+    };
+    let authority = if !default_port.is_empty() && authority.ends_with(default_port) {
+        &authority[..authority.len() - default_port.len()]
+    } else {
+        authority
+    };
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut key = String::with_capacity(7 + scheme.len() + authority.len() + pq.len());
+    key.push_str("GET ");
+    for c in scheme.chars() {
+        key.push(c.to_ascii_lowercase());
+    }
+    key.push_str("://");
+    for c in authority.chars() {
+        key.push(c.to_ascii_lowercase());
+    }
+    key.push_str(pq);
+    Some(key)
+}
+
 /// The primary key of an absolute URL (`scheme://authority/path?query`), for purges and
 /// invalidation.
 pub(crate) fn url_key(method: &Method, url: &str) -> Option<String> {
@@ -796,6 +833,18 @@ mod tests {
             "GET https://other:8080/a?b=2"
         );
         assert!(request_origin(&rel, &HeaderMap::new(), "http").is_none());
+        for (u, hs) in [
+            ("http://Example.COM:80/a?b=1", HeaderMap::new()),
+            ("/a?b=2", h(&[("host", "Other:8080")])),
+            ("https://x:443", HeaderMap::new()),
+            ("/", h(&[("host", "a/b")])),
+            ("/", HeaderMap::new()),
+        ] {
+            let uri: Uri = u.parse().unwrap();
+            let slow =
+                request_origin(&uri, &hs, "http").map(|o| primary_key(&Method::GET, &o, &uri));
+            assert_eq!(get_key(&uri, &hs, "http"), slow, "{u}");
+        }
         assert!(request_origin(&rel, &h(&[("host", "a/b")]), "http").is_none());
         assert_eq!(
             url_key(&Method::GET, "http://x:80/p").unwrap(),

@@ -20,7 +20,6 @@ use crate::directives::{RequestDirectives, ResponseDirectives};
 use crate::future::ResponseFuture;
 use crate::layer::{CacheHandle, Candidate, Shared};
 use crate::policy::{self, NotStorable, Use};
-use crate::stats::bump;
 use crate::status::{CACHE_STATUS, Fwd, Status};
 use crate::store::Entry;
 
@@ -170,7 +169,7 @@ fn store_entry(shared: &Shared, key: &str, entry: Arc<Entry>) {
         list.drain(..excess);
     }
     shared.store.put(key, list.into());
-    bump(&shared.counters.stored, "stormwall_cache_stored_total");
+    shared.counters.stored.bump();
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Cache<S>
@@ -198,8 +197,8 @@ where
         if policy::is_unsafe(method) {
             return ResponseFuture::upstream(Box::pin(unsafe_call(shared.clone(), inner, req)));
         }
-        let origin = policy::request_origin(req.uri(), req.headers(), shared.rules.default_scheme);
-        let (Some(origin), false) = (origin, policy::bypass_request(method, req.headers())) else {
+        let key = policy::get_key(req.uri(), req.headers(), shared.rules.default_scheme);
+        let (Some(key), false) = (key, policy::bypass_request(method, req.headers())) else {
             let fwd = if method == Method::GET {
                 Fwd::Bypass
             } else {
@@ -212,7 +211,6 @@ where
                 fwd,
             )));
         };
-        let key = policy::primary_key(&Method::GET, &origin, req.uri());
         let req_cc = RequestDirectives::from_headers(req.headers());
         let now = Instant::now();
         let mut fwd = Fwd::UriMiss;
@@ -229,13 +227,10 @@ where
                     now,
                 ) {
                     Use::Serve { stale } => {
-                        bump(&shared.counters.hits, "stormwall_cache_hits_total");
+                        shared.counters.hits.bump();
                         let mut st = Status::hit(policy::ttl_secs(&entry.freshness, now));
                         if stale {
-                            bump(
-                                &shared.counters.stale_served,
-                                "stormwall_cache_stale_served_total",
-                            );
+                            shared.counters.stale_served.bump();
                             st = st.detail("max-stale");
                         }
                         tracing::debug!(key = %key, stale, "cache hit");
@@ -248,11 +243,8 @@ where
                         ));
                     }
                     Use::StaleWhileRevalidate => {
-                        bump(&shared.counters.hits, "stormwall_cache_hits_total");
-                        bump(
-                            &shared.counters.stale_served,
-                            "stormwall_cache_stale_served_total",
-                        );
+                        shared.counters.hits.bump();
+                        shared.counters.stale_served.bump();
                         let mut st = Status::hit(policy::ttl_secs(&entry.freshness, now))
                             .detail("stale-while-revalidate");
                         st.fwd = Some(Fwd::Stale);
@@ -280,7 +272,7 @@ where
                 Status::default().detail("only-if-cached"),
             ));
         }
-        bump(&shared.counters.misses, "stormwall_cache_misses_total");
+        shared.counters.misses.bump();
         tracing::debug!(key = %key, fwd = ?fwd, "cache miss");
         let ctx = Ctx {
             key,
@@ -385,10 +377,7 @@ where
     let now = Instant::now();
     match flight {
         Ok(Flight::Stored { entry, fwd_status }) if entry.vary.matches(&ctx.req_headers) => {
-            bump(
-                &shared.counters.collapsed,
-                "stormwall_cache_collapsed_total",
-            );
+            shared.counters.collapsed.bump();
             let st = Status {
                 fwd: Some(ctx.fwd),
                 fwd_status: Some(fwd_status),
@@ -400,14 +389,8 @@ where
         }
         Ok(Flight::Stale) => {
             if let Some(entry) = ctx.stale_for_error(now) {
-                bump(
-                    &shared.counters.collapsed,
-                    "stormwall_cache_collapsed_total",
-                );
-                bump(
-                    &shared.counters.stale_served,
-                    "stormwall_cache_stale_served_total",
-                );
+                shared.counters.collapsed.bump();
+                shared.counters.stale_served.bump();
                 let st = Status {
                     fwd: Some(Fwd::Stale),
                     ttl: Some(policy::ttl_secs(&entry.freshness, now)),
@@ -463,10 +446,7 @@ where
     let (flight, out) = match result {
         Err(e) => match ctx.stale_for_error(now) {
             Some(entry) => {
-                bump(
-                    &shared.counters.stale_served,
-                    "stormwall_cache_stale_served_total",
-                );
+                shared.counters.stale_served.bump();
                 tracing::debug!(key = %ctx.key, "origin unreachable: serving stale (stale-if-error)");
                 let st = Status {
                     fwd: Some(Fwd::Stale),
@@ -503,10 +483,7 @@ where
     if policy::is_error_status(status)
         && let Some(entry) = ctx.stale_for_error(now)
     {
-        bump(
-            &shared.counters.stale_served,
-            "stormwall_cache_stale_served_total",
-        );
+        shared.counters.stale_served.bump();
         tracing::debug!(key = %ctx.key, status = code, "origin error: serving stale (stale-if-error)");
         let st = Status {
             fwd: Some(Fwd::Stale),
@@ -523,10 +500,7 @@ where
     if status == StatusCode::NOT_MODIFIED
         && let Some(old) = &ctx.validating
     {
-        bump(
-            &shared.counters.revalidated_not_modified,
-            "stormwall_cache_revalidated_not_modified_total",
-        );
+        shared.counters.revalidated_not_modified.bump();
         let freshened = old
             .response
             .map_headers(|h| policy::freshen_headers(h, res.headers()));
@@ -564,10 +538,7 @@ where
         return (flight, Ok(res));
     }
     if ctx.validating.is_some() && status != StatusCode::NOT_MODIFIED {
-        bump(
-            &shared.counters.revalidated_modified,
-            "stormwall_cache_revalidated_modified_total",
-        );
+        shared.counters.revalidated_modified.bump();
     }
     let res_cc = ResponseDirectives::from_headers(res.headers());
     let mut verdict = policy::storable(

@@ -31,35 +31,67 @@ pub struct CacheStats {
     pub evictions: u64,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) stale_served: AtomicU64,
-    pub(crate) revalidated_not_modified: AtomicU64,
-    pub(crate) revalidated_modified: AtomicU64,
-    pub(crate) stored: AtomicU64,
-    pub(crate) collapsed: AtomicU64,
-    pub(crate) invalidated: AtomicU64,
+/// A counter with its `metrics` handle, registered once (no registry lookup per request).
+#[derive(Debug)]
+pub(crate) struct Metric {
+    n: AtomicU64,
+    handle: metrics::Counter,
 }
 
-pub(crate) fn bump(counter: &AtomicU64, name: &'static str) {
-    counter.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!(name).increment(1);
+impl Metric {
+    fn new(name: &'static str) -> Self {
+        Self {
+            n: AtomicU64::new(0),
+            handle: metrics::counter!(name),
+        }
+    }
+
+    pub(crate) fn bump(&self) {
+        self.n.fetch_add(1, Ordering::Relaxed);
+        self.handle.increment(1);
+    }
+
+    fn get(&self) -> u64 {
+        self.n.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub(crate) hits: Metric,
+    pub(crate) misses: Metric,
+    pub(crate) stale_served: Metric,
+    pub(crate) revalidated_not_modified: Metric,
+    pub(crate) revalidated_modified: Metric,
+    pub(crate) stored: Metric,
+    pub(crate) collapsed: Metric,
+    pub(crate) invalidated: Metric,
 }
 
 impl Counters {
+    pub(crate) fn new() -> Self {
+        Self {
+            hits: Metric::new("stormwall_cache_hits_total"),
+            misses: Metric::new("stormwall_cache_misses_total"),
+            stale_served: Metric::new("stormwall_cache_stale_served_total"),
+            revalidated_not_modified: Metric::new("stormwall_cache_revalidated_not_modified_total"),
+            revalidated_modified: Metric::new("stormwall_cache_revalidated_modified_total"),
+            stored: Metric::new("stormwall_cache_stored_total"),
+            collapsed: Metric::new("stormwall_cache_collapsed_total"),
+            invalidated: Metric::new("stormwall_cache_invalidations_total"),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> CacheStats {
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         CacheStats {
-            hits: l(&self.hits),
-            misses: l(&self.misses),
-            stale_served: l(&self.stale_served),
-            revalidated_not_modified: l(&self.revalidated_not_modified),
-            revalidated_modified: l(&self.revalidated_modified),
-            stored: l(&self.stored),
-            collapsed: l(&self.collapsed),
-            invalidated: l(&self.invalidated),
+            hits: self.hits.get(),
+            misses: self.misses.get(),
+            stale_served: self.stale_served.get(),
+            revalidated_not_modified: self.revalidated_not_modified.get(),
+            revalidated_modified: self.revalidated_modified.get(),
+            stored: self.stored.get(),
+            collapsed: self.collapsed.get(),
+            invalidated: self.invalidated.get(),
             ..CacheStats::default()
         }
     }

@@ -1,7 +1,5 @@
 //! RFC 9211 `Cache-Status` values.
 
-use std::fmt::Write;
-
 use http::HeaderValue;
 use http::header::HeaderName;
 
@@ -77,10 +75,12 @@ impl Status {
             s.push_str(fwd.as_str());
         }
         if let Some(code) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={code}");
+            s.push_str("; fwd-status=");
+            push_int(&mut s, i64::from(code));
         }
         if let Some(ttl) = self.ttl {
-            let _ = write!(s, "; ttl={ttl}");
+            s.push_str("; ttl=");
+            push_int(&mut s, ttl);
         }
         if self.stored {
             s.push_str("; stored");
@@ -93,6 +93,27 @@ impl Status {
             s.push_str(d);
         }
         HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static("stormwall"))
+    }
+}
+
+/// Appends a decimal integer without going through `fmt`.
+fn push_int(s: &mut String, n: i64) {
+    if n < 0 {
+        s.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        s.push(char::from(d));
     }
 }
 
@@ -138,6 +159,11 @@ mod tests {
             "edge; fwd=uri-miss; fwd-status=200; ttl=60; stored"
         );
         assert_eq!(Status::hit(-3).to_header("c"), "c; hit; ttl=-3");
+        assert_eq!(Status::hit(0).to_header("c"), "c; hit; ttl=0");
+        assert_eq!(
+            Status::hit(i64::MIN).to_header("c"),
+            "c; hit; ttl=-9223372036854775808"
+        );
         assert_eq!(format_name("My Cache \"1\""), "\"My Cache \\\"1\\\"\"");
         assert_eq!(format_name("cdn.example"), "cdn.example");
         assert_eq!(format_name(""), "\"\"");

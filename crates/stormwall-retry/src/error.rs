@@ -43,6 +43,32 @@ pub enum InvalidBudget {
 /// A failing *response* (e.g. the last `503`) is passed through as `Ok(response)`; this error is
 /// returned only when the last attempt ended in an error of the inner service, an attempt
 /// timeout, the overall deadline, or a request body that could not be read.
+///
+/// ```
+/// use std::time::Duration;
+/// use bytes::Bytes;
+/// use http::{Request, Response};
+/// use http_body_util::Full;
+/// use stormwall_retry::{Backoff, RetryBody, RetryLayer};
+/// use tower::{Layer, Service, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// // An upstream that never answers.
+/// let upstream = service_fn(|_req: Request<RetryBody<Full<Bytes>>>| async {
+///     tokio::time::sleep(Duration::from_secs(3600)).await;
+///     Ok::<_, std::io::Error>(Response::new(Full::new(Bytes::new())))
+/// });
+/// let mut svc = RetryLayer::new()
+///     .backoff(Backoff::none())
+///     .attempt_timeout(Duration::from_secs(1))
+///     .layer(upstream);
+/// let req = Request::get("http://example.com/").body(Full::new(Bytes::new())).unwrap();
+/// let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+/// assert!(err.is_attempt_timeout());
+/// assert_eq!(err.attempts(), 3);
+/// # }
+/// ```
 pub struct RetryError<E> {
     kind: Kind<E>,
     attempts: u32,

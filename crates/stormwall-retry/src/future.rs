@@ -56,33 +56,32 @@ impl<F: Future> Slot<F> {
     }
 }
 
-pin_project! {
-    #[project = TimerProj]
-    enum Timer {
-        Off,
-        On { #[pin] sleep: Sleep },
-    }
-}
+/// The backoff / hedge timer, boxed on demand (only retries and hedges need one), which keeps
+/// the future small on the no-retry path.
+struct Timer(Option<Pin<Box<Sleep>>>);
 
 impl Timer {
+    const OFF: Self = Self(None);
+
     fn is_on(&self) -> bool {
-        matches!(self, Self::On { .. })
+        self.0.is_some()
     }
 
-    fn poll_timer(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.project() {
-            TimerProj::Off => Poll::Ready(()),
-            TimerProj::On { sleep } => sleep.poll(cx),
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.0 {
+            None => Poll::Ready(()),
+            Some(sleep) => sleep.as_mut().poll(cx),
         }
     }
 
     fn after(delay: Duration) -> Self {
         if delay.is_zero() {
-            Self::Off
+            Self::OFF
         } else {
-            Self::On {
-                sleep: tokio::time::sleep_until(saturating_add(Instant::now(), delay)),
-            }
+            Self(Some(Box::pin(tokio::time::sleep_until(saturating_add(
+                Instant::now(),
+                delay,
+            )))))
         }
     }
 }
@@ -276,12 +275,14 @@ where
 
     fn hedge_timer(&self) -> Timer {
         match self.shared.config.hedge_after {
+            // Armed even for a zero delay (an immediate hedge).
             Some(d) if self.retryable && self.attempts < self.shared.config.max_attempts => {
-                Timer::On {
-                    sleep: tokio::time::sleep_until(saturating_add(Instant::now(), d)),
-                }
+                Timer(Some(Box::pin(tokio::time::sleep_until(saturating_add(
+                    Instant::now(),
+                    d,
+                )))))
             }
-            _ => Timer::Off,
+            _ => Timer::OFF,
         }
     }
 
@@ -384,9 +385,8 @@ pin_project! {
     {
         #[pin]
         primary: Slot<S::Future>,
-        #[pin]
-        hedge: Slot<S::Future>,
-        #[pin]
+        // Boxed on demand: hedges are rare, and this keeps the future small.
+        hedge: Option<Pin<Box<Slot<S::Future>>>>,
         timer: Timer,
         phase: Phase,
         service: S,
@@ -454,8 +454,8 @@ where
         };
         Self {
             primary: Slot::Empty,
-            hedge: Slot::Empty,
-            timer: Timer::Off,
+            hedge: None,
+            timer: Timer::OFF,
             phase,
             service,
             ctx,
@@ -491,32 +491,40 @@ where
                     let fut = this.service.call(this.ctx.next_request());
                     let slot = this.ctx.start(fut, false);
                     this.primary.set(slot);
-                    this.timer.set(this.ctx.hedge_timer());
+                    *this.timer = this.ctx.hedge_timer();
                     *this.phase = Phase::InFlight;
                 }
                 Phase::Waiting => {
-                    ready!(this.timer.as_mut().poll_timer(cx));
-                    this.timer.set(Timer::Off);
+                    ready!(this.timer.poll_timer(cx));
+                    *this.timer = Timer::OFF;
                     *this.phase = Phase::Launch;
                 }
                 Phase::InFlight => {
                     let mut next = None;
                     for hedge_slot in [false, true] {
-                        let (mut slot, other) = if hedge_slot {
-                            (this.hedge.as_mut(), this.primary.is_running())
+                        let hedge_running = this.hedge.as_ref().is_some_and(|h| h.is_running());
+                        let (slot, other) = if hedge_slot {
+                            match this.hedge.as_mut() {
+                                Some(h) => (h.as_mut(), this.primary.is_running()),
+                                None => continue,
+                            }
                         } else {
-                            (this.primary.as_mut(), this.hedge.is_running())
+                            (this.primary.as_mut(), hedge_running)
                         };
-                        let Poll::Ready(out) = slot.as_mut().poll_attempt(cx) else {
+                        let Poll::Ready(out) = slot.poll_attempt(cx) else {
                             continue;
                         };
-                        slot.set(Slot::Empty);
+                        if hedge_slot {
+                            *this.hedge = None;
+                        } else {
+                            this.primary.set(Slot::Empty);
+                        }
                         match this.ctx.decide(out, other) {
                             Decision::Return(result) => {
                                 // Cancels the other attempt, if any, by dropping it.
                                 this.primary.set(Slot::Empty);
-                                this.hedge.set(Slot::Empty);
-                                this.timer.set(Timer::Off);
+                                *this.hedge = None;
+                                *this.timer = Timer::OFF;
                                 *this.phase = Phase::Done;
                                 return Poll::Ready(result);
                             }
@@ -528,29 +536,30 @@ where
                         }
                     }
                     if let Some(delay) = next {
-                        this.timer.set(Timer::after(delay));
+                        *this.timer = Timer::after(delay);
                         *this.phase = Phase::Waiting;
                         continue;
                     }
                     // Hedging: one attempt in flight, the hedge timer armed.
                     if this.timer.is_on()
-                        && (this.primary.is_running() != this.hedge.is_running())
-                        && this.timer.as_mut().poll_timer(cx).is_ready()
+                        && (this.primary.is_running()
+                            != this.hedge.as_ref().is_some_and(|h| h.is_running()))
+                        && this.timer.poll_timer(cx).is_ready()
                     {
                         if this.ctx.attempts >= this.ctx.shared.config.max_attempts {
-                            this.timer.set(Timer::Off);
+                            *this.timer = Timer::OFF;
                             return Poll::Pending;
                         }
                         match this.service.poll_ready(cx) {
                             Poll::Pending => return Poll::Pending,
                             Poll::Ready(Err(e)) => {
                                 tracing::debug!(error = %e, "retry: inner service not ready for a hedge");
-                                this.timer.set(Timer::Off);
+                                *this.timer = Timer::OFF;
                                 return Poll::Pending;
                             }
                             Poll::Ready(Ok(())) => {}
                         }
-                        this.timer.set(Timer::Off);
+                        *this.timer = Timer::OFF;
                         if !this.ctx.shared.budget.withdraw() {
                             inc(&this.ctx.shared.stats.budget_exhausted);
                             metrics::counter!("stormwall_retry_budget_exhausted_total")
@@ -562,7 +571,7 @@ where
                         let fut = this.service.call(this.ctx.next_request());
                         let slot = this.ctx.start(fut, true);
                         if this.primary.is_running() {
-                            this.hedge.set(slot);
+                            *this.hedge = Some(Box::pin(slot));
                         } else {
                             this.primary.set(slot);
                         }

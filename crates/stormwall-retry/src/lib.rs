@@ -75,6 +75,14 @@
 //! # }
 //! ```
 //!
+//! # Where to put it
+//!
+//! In the standard client stack the retry layer sits below the cache and the coalescer (so
+//! that N callers share one retried call) and above the circuit breaker, the rate limiter and
+//! the attempt timeout (so that every attempt, retries included, is judged by the breaker and
+//! spends the partner's quota). Stacking several retry layers is safe: each one has its own
+//! budget, so the load multiplies by at most (1 + ratio) per layer, not by the attempt count.
+//!
 //! # Metrics
 //!
 //! | name | kind | labels | meaning |

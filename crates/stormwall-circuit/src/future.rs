@@ -14,8 +14,7 @@ use stormwall_core::headers::{GRPC_RETRY_PUSHBACK_MS, ceil_secs};
 
 use crate::body::{Guard, ResponseBody};
 use crate::breaker::CircuitOpen;
-use crate::error::CircuitBreakerError;
-use crate::layer::{Fail, Respond};
+use crate::layer::RejectionMode;
 
 pin_project! {
     /// The response future of [`CircuitBreaker`](crate::CircuitBreaker).
@@ -86,93 +85,57 @@ impl<F, C, M> ResponseFuture<F, C, M> {
     }
 }
 
-/// Polls the call and classifies its outcome. `Err(None)` means rejected.
-#[allow(clippy::type_complexity)]
-#[inline(always)]
-fn poll_call<F, C, B, E>(
-    kind: Pin<&mut Kind<F, C>>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<Response<ResponseBody<B, C::ClassifyEos>>, Result<E, (CircuitOpen, bool)>>>
+impl<F, C, B, E, M> Future for ResponseFuture<F, C, M>
 where
     F: Future<Output = Result<Response<B>, E>>,
     C: ClassifyResponse,
     C::FailureClass: Into<Failure>,
     E: fmt::Display + 'static,
+    M: RejectionMode,
 {
-    match kind.project() {
-        KindProj::Rejected { open, grpc } => {
-            let open = open.take().expect("polled after completion");
-            Poll::Ready(Err(Err((open, *grpc))))
-        }
-        KindProj::Call {
-            future,
-            classifier,
-            guard,
-            slow_at,
-        } => {
-            let result = ready!(future.poll(cx));
-            if let Some(slow_at) = slow_at {
-                guard.slow = tokio::time::Instant::now() >= *slow_at;
+    type Output = Result<Response<ResponseBody<B, C::ClassifyEos>>, M::Error<E>>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Rejected { open, grpc } => {
+                let open = open.take().expect("polled after completion");
+                Poll::Ready(M::rejected(open, *grpc))
             }
-            let classifier = classifier.take().expect("polled after completion");
-            match result {
-                Ok(res) => match classifier.classify_response(&res) {
-                    ClassifiedResponse::Ready(outcome) => {
-                        let failure = outcome.err().map(Into::into);
-                        guard.finish(failure.as_ref());
-                        Poll::Ready(Ok(res.map(ResponseBody::passthrough)))
-                    }
-                    ClassifiedResponse::RequiresEos(eos) => {
-                        let guard = Guard {
-                            breaker: guard.breaker.clone(),
-                            permit: guard.permit.take(),
-                            slow: guard.slow,
-                        };
-                        Poll::Ready(Ok(res.map(|b| ResponseBody::classify_at_eos(b, eos, guard))))
-                    }
-                },
-                Err(e) => {
-                    let failure: Failure = classifier.classify_error(&e).into();
-                    guard.finish(Some(&failure));
-                    Poll::Ready(Err(Ok(e)))
+            KindProj::Call {
+                future,
+                classifier,
+                guard,
+                slow_at,
+            } => {
+                let result = ready!(future.poll(cx));
+                if let Some(slow_at) = slow_at {
+                    guard.slow = tokio::time::Instant::now() >= *slow_at;
                 }
+                let classifier = classifier.take().expect("polled after completion");
+                Poll::Ready(match result {
+                    Ok(res) => match classifier.classify_response(&res) {
+                        ClassifiedResponse::Ready(outcome) => {
+                            let failure = outcome.err().map(Into::into);
+                            guard.finish(failure.as_ref());
+                            Ok(res.map(ResponseBody::passthrough))
+                        }
+                        ClassifiedResponse::RequiresEos(eos) => {
+                            let guard = Guard {
+                                breaker: guard.breaker.clone(),
+                                permit: guard.permit.take(),
+                                slow: guard.slow,
+                            };
+                            Ok(res.map(|b| ResponseBody::classify_at_eos(b, eos, guard)))
+                        }
+                    },
+                    Err(e) => {
+                        let failure: Failure = classifier.classify_error(&e).into();
+                        guard.finish(Some(&failure));
+                        Err(M::inner(e))
+                    }
+                })
             }
-        }
-    }
-}
-
-impl<F, C, B, E> Future for ResponseFuture<F, C, Fail>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    C: ClassifyResponse,
-    C::FailureClass: Into<Failure>,
-    E: fmt::Display + 'static,
-{
-    type Output = Result<Response<ResponseBody<B, C::ClassifyEos>>, CircuitBreakerError<E>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match ready!(poll_call(self.project().kind, cx)) {
-            Ok(res) => Poll::Ready(Ok(res)),
-            Err(Ok(e)) => Poll::Ready(Err(CircuitBreakerError::Inner(e))),
-            Err(Err((open, _))) => Poll::Ready(Err(CircuitBreakerError::Open(open))),
-        }
-    }
-}
-
-impl<F, C, B, E> Future for ResponseFuture<F, C, Respond>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    C: ClassifyResponse,
-    C::FailureClass: Into<Failure>,
-    E: fmt::Display + 'static,
-{
-    type Output = Result<Response<ResponseBody<B, C::ClassifyEos>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match ready!(poll_call(self.project().kind, cx)) {
-            Ok(res) => Poll::Ready(Ok(res)),
-            Err(Ok(e)) => Poll::Ready(Err(e)),
-            Err(Err((open, grpc))) => Poll::Ready(Ok(rejection(&open, grpc))),
         }
     }
 }

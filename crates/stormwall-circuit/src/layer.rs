@@ -8,9 +8,11 @@ use stormwall_core::key::KeyExtractor;
 use tokio::time::Instant;
 use tower_layer::Layer;
 
-use crate::breaker::{Breaker, Observers, StateTransition};
+use crate::body::ResponseBody;
+use crate::breaker::{Breaker, CircuitOpen, Observers, StateTransition};
 use crate::classify::FailureIf;
 use crate::config::{BreakerConfig, ConfigError};
+use crate::error::CircuitBreakerError;
 use crate::registry::{CircuitStats, KeyedBreakers, SingleBreaker, Snapshots};
 use crate::service::CircuitBreaker;
 
@@ -24,6 +26,59 @@ pub struct Fail;
 /// `Infallible` service stays `Infallible`. See [`CircuitBreakerLayer::respond`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Respond;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Fail {}
+    impl Sealed for super::Respond {}
+}
+
+/// What a rejection becomes: implemented by [`Fail`] and [`Respond`] only (sealed).
+pub trait RejectionMode: sealed::Sealed + Clone {
+    /// The service's error type for an inner error type `E`.
+    type Error<E>;
+
+    /// Wraps an inner error.
+    fn inner<E>(error: E) -> Self::Error<E>;
+
+    /// The outcome of a rejected call.
+    fn rejected<B, X, E>(
+        open: CircuitOpen,
+        grpc: bool,
+    ) -> Result<http::Response<ResponseBody<B, X>>, Self::Error<E>>;
+}
+
+impl RejectionMode for Fail {
+    type Error<E> = CircuitBreakerError<E>;
+
+    #[inline]
+    fn inner<E>(error: E) -> Self::Error<E> {
+        CircuitBreakerError::Inner(error)
+    }
+
+    fn rejected<B, X, E>(
+        open: CircuitOpen,
+        _grpc: bool,
+    ) -> Result<http::Response<ResponseBody<B, X>>, Self::Error<E>> {
+        Err(CircuitBreakerError::Open(open))
+    }
+}
+
+impl RejectionMode for Respond {
+    type Error<E> = E;
+
+    #[inline]
+    fn inner<E>(error: E) -> Self::Error<E> {
+        error
+    }
+
+    fn rejected<B, X, E>(
+        open: CircuitOpen,
+        grpc: bool,
+    ) -> Result<http::Response<ResponseBody<B, X>>, Self::Error<E>> {
+        Ok(crate::future::rejection(&open, grpc))
+    }
+}
 
 /// Applies a circuit breaker to a service. See the [crate docs](crate) for an example.
 ///

@@ -138,7 +138,7 @@ pub use self::config::{
 };
 pub use self::error::CircuitBreakerError;
 pub use self::future::ResponseFuture;
-pub use self::layer::{CircuitBreakerLayer, Fail, Respond};
+pub use self::layer::{CircuitBreakerLayer, Fail, RejectionMode, Respond};
 pub use self::registry::{CircuitStats, KeyedBreakers, SelectBreaker, SingleBreaker, Snapshots};
 pub use self::service::CircuitBreaker;
 pub use self::window::Counts;

@@ -10,9 +10,8 @@ use stormwall_core::classify::{ClassifyEos, ClassifyResponse, Failure, MakeClass
 use tower_service::Service;
 
 use crate::body::{Guard, ResponseBody};
-use crate::error::CircuitBreakerError;
 use crate::future::ResponseFuture;
-use crate::layer::{Fail, Respond};
+use crate::layer::RejectionMode;
 use crate::registry::{CircuitStats, SelectBreaker, Snapshots};
 
 /// A service guarded by a circuit breaker; made by
@@ -106,7 +105,7 @@ impl<S, C, K, M> CircuitBreaker<S, C, K, M> {
     }
 }
 
-impl<S, C, K, ReqB, ResB> Service<Request<ReqB>> for CircuitBreaker<S, C, K, Fail>
+impl<S, C, K, M, ReqB, ResB> Service<Request<ReqB>> for CircuitBreaker<S, C, K, M>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     S::Error: fmt::Display + 'static,
@@ -115,39 +114,15 @@ where
     <C::ClassifyEos as ClassifyEos>::FailureClass: Into<Failure>,
     <C::Classifier as ClassifyResponse>::FailureClass: Into<Failure>,
     K: SelectBreaker<Request<ReqB>>,
+    M: RejectionMode,
 {
     type Response = Response<ResponseBody<ResB, C::ClassifyEos>>;
-    type Error = CircuitBreakerError<S::Error>;
-    type Future = ResponseFuture<S::Future, C::Classifier, Fail>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(CircuitBreakerError::Inner)
-    }
+    type Error = M::Error<S::Error>;
+    type Future = ResponseFuture<S::Future, C::Classifier, M>;
 
     #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        self.start(req)
-    }
-}
-
-impl<S, C, K, ReqB, ResB> Service<Request<ReqB>> for CircuitBreaker<S, C, K, Respond>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Error: fmt::Display + 'static,
-    C: MakeClassifier,
-    C::FailureClass: Into<Failure>,
-    <C::ClassifyEos as ClassifyEos>::FailureClass: Into<Failure>,
-    <C::Classifier as ClassifyResponse>::FailureClass: Into<Failure>,
-    K: SelectBreaker<Request<ReqB>>,
-{
-    type Response = Response<ResponseBody<ResB, C::ClassifyEos>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S::Future, C::Classifier, Respond>;
-
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(M::inner)
     }
 
     #[inline]

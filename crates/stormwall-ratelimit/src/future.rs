@@ -61,6 +61,9 @@ struct Ctx<S, ReqB, St> {
     ticket: Option<Ticket>,
     decision: Option<Decision>,
     gated: Option<Gated>,
+    /// Whether the request was ever held (queued or asleep): if not, no clock read is needed
+    /// to know it waited zero.
+    held: bool,
 }
 
 impl<S, ReqB, St> fmt::Debug for ResponseFuture<S, ReqB, St>
@@ -100,6 +103,7 @@ where
                 ticket: None,
                 decision: None,
                 gated: None,
+                held: false,
             },
         }
     }
@@ -135,11 +139,10 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
                 None => Next::Reject(RejectReason::QueueFull, Duration::from_secs(1), None),
             };
         }
-        self.check()
+        self.check(self.started)
     }
 
-    fn check(&mut self) -> Next<St::CheckFuture> {
-        let now = Instant::now();
+    fn check(&mut self, now: Instant) -> Next<St::CheckFuture> {
         let shared = &*self.shared;
         if let Some(adaptive) = &shared.adaptive {
             let keys = self
@@ -223,18 +226,17 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
     }
 
     fn decided(&mut self, result: Result<Decision, crate::StoreError>) -> Next<St::CheckFuture> {
-        let now = Instant::now();
         match result {
             Ok(d) if d.allowed => {
                 self.decision = Some(d);
                 self.ticket = None;
                 if d.delay > Duration::ZERO {
-                    Next::Sleep(saturating_add(now, d.delay), false)
+                    Next::Sleep(saturating_add(Instant::now(), d.delay), false)
                 } else {
                     Next::Ready
                 }
             }
-            Ok(d) => self.over(now, d.retry_after, Some(d)),
+            Ok(d) => self.over(Instant::now(), d.retry_after, Some(d)),
             Err(e) => {
                 if let Some(g) = self.gated.take() {
                     g.cancel();
@@ -264,7 +266,11 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
     }
 
     fn released(&mut self) {
-        let now = Instant::now();
+        let now = if self.held {
+            Instant::now()
+        } else {
+            self.started
+        };
         self.released = Some(now);
         let waited = now.saturating_duration_since(self.started);
         let c = &self.shared.counters;
@@ -339,7 +345,7 @@ where
                 StateProj::Queued { deadline } => {
                     let head = this.ctx.ticket.as_ref().is_none_or(|t| t.poll_head(cx));
                     if head {
-                        this.ctx.check()
+                        this.ctx.check(Instant::now())
                     } else if deadline.poll(cx).is_ready() {
                         let retry = this
                             .ctx
@@ -356,7 +362,7 @@ where
                     if !*recheck {
                         Next::Ready
                     } else if this.ctx.ticket.as_ref().is_none_or(|t| t.poll_head(cx)) {
-                        this.ctx.check()
+                        this.ctx.check(Instant::now())
                     } else {
                         Next::Queue(this.ctx.deadline())
                     }
@@ -387,13 +393,19 @@ where
             };
             match next {
                 Next::Check(fut) => this.state.set(State::Check { fut }),
-                Next::Queue(deadline) => this.state.set(State::Queued {
-                    deadline: sleep_until(deadline),
-                }),
-                Next::Sleep(at, recheck) => this.state.set(State::Sleep {
-                    sleep: sleep_until(at),
-                    recheck,
-                }),
+                Next::Queue(deadline) => {
+                    this.ctx.held = true;
+                    this.state.set(State::Queued {
+                        deadline: sleep_until(deadline),
+                    });
+                }
+                Next::Sleep(at, recheck) => {
+                    this.ctx.held = true;
+                    this.state.set(State::Sleep {
+                        sleep: sleep_until(at),
+                        recheck,
+                    });
+                }
                 Next::Ready => this.state.set(State::Ready),
                 Next::Reject(reason, retry, d) => {
                     this.state.set(State::Done);
@@ -429,6 +441,8 @@ fn finish<S, ReqB, St: Store, ResB>(
     let waited = ctx
         .released
         .map_or(Duration::ZERO, |r| r.saturating_duration_since(ctx.started));
-    parts.extensions.insert(RateLimitWait(waited));
+    if waited > Duration::ZERO {
+        parts.extensions.insert(RateLimitWait(waited));
+    }
     Response::from_parts(parts, ResponseBody::inner(body))
 }

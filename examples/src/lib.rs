@@ -330,7 +330,7 @@ pub async fn measure<F, Fut>(
 ) -> ScenarioResult
 where
     F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
 {
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(requests.len());

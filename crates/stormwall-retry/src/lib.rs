@@ -34,6 +34,9 @@
 //! - **Hedging** ([`RetryLayer::hedge_after`]): for retryable requests, a second attempt is
 //!   sent if the first has not answered after a delay; the first good answer wins, the other
 //!   attempt is dropped (cancelled). Hedges count as attempts and against the budget.
+//! - **Generic mode** ([`RetryLayer::policy`]): any request type, a [`RetryPolicy`] (or a
+//!   closure returning a [`Verdict`]) decides; same backoff, timeouts, deadline, budget and
+//!   stats, no hedging.
 //! - **Outcome**: a failing response is passed through when retrying stops (e.g. the last
 //!   `503`); errors come back as [`RetryError`] with the number of attempts.
 //!
@@ -117,6 +120,7 @@ mod body;
 mod budget;
 mod error;
 mod future;
+mod generic;
 mod layer;
 mod service;
 mod stats;
@@ -126,6 +130,9 @@ pub use self::body::RetryBody;
 pub use self::budget::RetryBudget;
 pub use self::error::{InvalidBackoff, InvalidBudget, RetryError};
 pub use self::future::ResponseFuture;
+pub use self::generic::{
+    GenericResponseFuture, GenericRetry, GenericRetryLayer, RetryPolicy, Verdict,
+};
 pub use self::layer::{RetryLayer, default_retryable};
 pub use self::service::Retry;
 pub use self::stats::RetryStats;

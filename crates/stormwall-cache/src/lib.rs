@@ -81,8 +81,9 @@
 //! - **Invalidation (§4.4)**: a 2xx/3xx answer to an unsafe method removes the target URI and
 //!   same-origin `Location`/`Content-Location`.
 //! - **RFC 5861**: `stale-while-revalidate` serves stale at once and refreshes once in a
-//!   spawned tokio task; `stale-if-error` serves stale on 500/502/503/504 or a connection
-//!   error. Both have a configurable default grace.
+//!   spawned tokio task (at most 1024 in flight; outside a tokio runtime, no background
+//!   refresh: the next request past the grace revalidates); `stale-if-error` serves stale on
+//!   500/502/503/504 or a connection error. Both have a configurable default grace.
 //! - **RFC 9211**: a `Cache-Status` member on every response: `hit`, `fwd=` (`bypass`,
 //!   `method`, `uri-miss`, `vary-miss`, `request`, `stale`), `fwd-status`, `ttl` (negative
 //!   when stale), `stored`, `collapsed`, and a `detail` saying why something was not stored or
@@ -132,4 +133,4 @@ pub use future::ResponseFuture;
 pub use layer::{CacheHandle, CacheLayer, Candidate};
 pub use service::Cache;
 pub use stats::CacheStats;
-pub use store::{Entry, MemoryStore, Store, Variants};
+pub use store::{Entry, MemoryStore, READ_SAMPLE, Store, Variants};

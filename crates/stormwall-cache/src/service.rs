@@ -132,20 +132,39 @@ fn serve<B>(
     st: Status,
 ) -> Response<ResponseBody<B>> {
     let stored = entry.response.headers();
+    // Copy the stored headers into a map sized for the two we add (a plain clone has no
+    // spare capacity and would reallocate on the first insert).
+    let mut headers = HeaderMap::with_capacity(stored.len() + 2);
+    let mut last = None;
+    for (name, value) in stored {
+        if last != Some(name) {
+            headers.insert(name.clone(), value.clone());
+            last = Some(name);
+        } else {
+            headers.append(name.clone(), value.clone());
+        }
+    }
     let mut res = if policy::has_client_conditionals(req_headers)
         && policy::not_modified_for(req_headers, stored)
     {
+        headers.remove(CONTENT_LENGTH);
         let mut res = Response::new(ResponseBody::empty());
         *res.status_mut() = StatusCode::NOT_MODIFIED;
-        *res.headers_mut() = stored.clone();
-        res.headers_mut().remove(CONTENT_LENGTH);
         res
     } else {
-        entry.response.to_response()
+        let shared = &entry.response;
+        let mut res = Response::new(ResponseBody::buffered(
+            shared.body().clone(),
+            shared.trailers().cloned(),
+        ));
+        *res.status_mut() = shared.status();
+        *res.version_mut() = shared.version();
+        *res.extensions_mut() = shared.extensions().clone();
+        res
     };
-    let headers = res.headers_mut();
     headers.insert(AGE, policy::age_value(&entry.freshness, now));
     headers.append(CACHE_STATUS.clone(), st.to_header(&shared.name));
+    *res.headers_mut() = headers;
     res
 }
 
@@ -613,6 +632,9 @@ where
     }
 }
 
+/// Most background revalidations in flight at once.
+const MAX_BACKGROUND: usize = 1024;
+
 /// RFC 5861 §3: refresh a stale entry once, in the background.
 fn spawn_refresh<S, ReqB, ResB>(
     shared: Arc<Shared>,
@@ -629,8 +651,13 @@ fn spawn_refresh<S, ReqB, ResB>(
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
     ResB::Error: Send + 'static,
 {
-    if !shared.refreshing.lock().insert(key.clone()) {
-        return;
+    {
+        let mut refreshing = shared.refreshing.lock();
+        // Bounded: beyond MAX_BACKGROUND refreshes in flight, the stale response is still
+        // served and a later request revalidates in the foreground.
+        if refreshing.len() >= MAX_BACKGROUND || !refreshing.insert(key.clone()) {
+            return;
+        }
     }
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         shared.refreshing.lock().remove(&key);

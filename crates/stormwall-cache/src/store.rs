@@ -124,21 +124,34 @@ pub trait Store: Send + Sync + 'static {
 /// The default store: in memory, bounded by total bytes (moka, weighted by
 /// [`SharedResponse::weight`]), least-recently/frequently used entries evicted first.
 ///
+/// Lookups go through a concurrent hash index (one read lock, no allocation); moka owns the
+/// size bound and the eviction policy. One lookup in [`READ_SAMPLE`] is also recorded in
+/// moka, so its admission/eviction policy still sees which entries are hot, without paying
+/// moka's read bookkeeping on every hit.
+///
 /// ```
 /// use stormwall_cache::{MemoryStore, Store};
 /// let store = MemoryStore::new(64 * 1024 * 1024);
 /// assert!(store.get("GET http://example.com/").is_none());
 /// ```
 pub struct MemoryStore {
-    cache: moka::sync::Cache<String, Variants>,
+    index: Arc<dashmap::DashMap<String, Variants>>,
+    policy: moka::sync::Cache<String, Variants>,
     evictions: Arc<AtomicU64>,
+}
+
+/// One lookup in this many is recorded in moka's eviction policy (per thread).
+pub const READ_SAMPLE: u32 = 8;
+
+thread_local! {
+    static READS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("entries", &self.cache.entry_count())
-            .field("bytes", &self.cache.weighted_size())
+            .field("entries", &self.policy.entry_count())
+            .field("bytes", &self.policy.weighted_size())
             .finish()
     }
 }
@@ -147,62 +160,84 @@ impl MemoryStore {
     /// A store holding at most `max_bytes` (estimated).
     pub fn new(max_bytes: u64) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
+        let index: Arc<dashmap::DashMap<String, Variants>> = Arc::default();
         let counter = evictions.clone();
-        let cache = moka::sync::Cache::builder()
+        let listener_index = Arc::downgrade(&index);
+        let policy = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|key: &String, variants: &Variants| {
                 let w: usize = variants.iter().map(|e| e.weight()).sum::<usize>() + key.len();
                 u32::try_from(w).unwrap_or(u32::MAX)
             })
-            .eviction_listener(move |_key, _value, cause| {
+            .eviction_listener(move |key: Arc<String>, value: Variants, cause| {
+                // Drop the index entry only if it still holds the evicted value (a newer
+                // value for the key may have been put meanwhile).
+                if let Some(index) = listener_index.upgrade() {
+                    index.remove_if(key.as_str(), |_, v| Arc::ptr_eq(v, &value));
+                }
                 if cause == RemovalCause::Size {
                     counter.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("stormwall_cache_evictions_total").increment(1);
                 }
             })
             .build();
-        Self { cache, evictions }
+        Self {
+            index,
+            policy,
+            evictions,
+        }
     }
 }
 
 impl Store for MemoryStore {
     fn get(&self, key: &str) -> Option<Variants> {
-        self.cache.get(key)
+        let found = self.index.get(key).map(|v| v.value().clone());
+        if found.is_some() {
+            let sample = READS.with(|n| {
+                let v = n.get().wrapping_add(1);
+                n.set(v);
+                v % READ_SAMPLE == 0
+            });
+            if sample {
+                let _ = self.policy.get(key);
+            }
+        }
+        found
     }
 
     fn put(&self, key: &str, variants: Variants) {
-        self.cache.insert(key.to_owned(), variants);
+        self.index.insert(key.to_owned(), variants.clone());
+        self.policy.insert(key.to_owned(), variants);
     }
 
     fn remove(&self, key: &str) -> bool {
-        self.cache.remove(key).is_some()
+        let removed = self.index.remove(key).is_some();
+        self.policy.invalidate(key);
+        removed
     }
 
     fn remove_matching(&self, matches: &dyn Fn(&str) -> bool) -> usize {
-        let keys: Vec<Arc<String>> = self
-            .cache
+        let keys: Vec<String> = self
+            .index
             .iter()
-            .filter(|(k, _)| matches(k))
-            .map(|(k, _)| k)
+            .filter(|e| matches(e.key()))
+            .map(|e| e.key().clone())
             .collect();
-        let n = keys.len();
-        for k in keys {
-            self.cache.invalidate(k.as_str());
-        }
-        n
+        keys.iter().filter(|k| self.remove(k)).count()
     }
 
     fn clear(&self) {
-        self.cache.invalidate_all();
-        self.cache.run_pending_tasks();
+        self.index.clear();
+        self.policy.invalidate_all();
+        self.policy.run_pending_tasks();
     }
 
     fn stored_bytes(&self) -> u64 {
-        self.cache.weighted_size()
+        self.policy.weighted_size()
     }
 
     fn len(&self) -> u64 {
-        self.cache.entry_count()
+        self.index.len() as u64
     }
 
     fn evictions(&self) -> u64 {
@@ -210,6 +245,62 @@ impl Store for MemoryStore {
     }
 
     fn sync(&self) {
-        self.cache.run_pending_tasks();
+        self.policy.run_pending_tasks();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::StatusCode;
+
+    fn entry(body: usize) -> Variants {
+        let response = SharedResponse::from_parts(
+            StatusCode::OK,
+            HeaderMap::new(),
+            vec![b'x'; body].into(),
+            None,
+        );
+        let now = Instant::now();
+        let e = Entry::new(
+            &Rules::default(),
+            response,
+            &HeaderMap::new(),
+            now,
+            now,
+            SystemTime::now(),
+        );
+        vec![Arc::new(e)].into()
+    }
+
+    // The index and the policy agree after evictions: the byte bound holds and evicted keys
+    // are gone from lookups too.
+    #[tokio::test]
+    async fn bounded_by_bytes_index_follows_evictions() {
+        let store = MemoryStore::new(50_000);
+        for i in 0..200 {
+            store.put(&format!("GET http://h/{i}"), entry(1_000));
+            store.sync();
+        }
+        store.sync();
+        assert!(store.stored_bytes() <= 50_000, "{}", store.stored_bytes());
+        assert!(store.evictions() > 0);
+        let present = (0..200)
+            .filter(|i| store.get(&format!("GET http://h/{i}")).is_some())
+            .count() as u64;
+        assert_eq!(present, store.len());
+        assert!(present < 200);
+        // Replacing a value keeps the newer one.
+        let v = entry(10);
+        store.put("GET http://h/x", entry(10));
+        store.put("GET http://h/x", v.clone());
+        store.sync();
+        assert!(Arc::ptr_eq(&store.get("GET http://h/x").unwrap(), &v));
+        assert_eq!(
+            store.remove_matching(&|k| k.starts_with("GET http://h/x")),
+            1
+        );
+        store.clear();
+        assert_eq!(store.len(), 0);
     }
 }

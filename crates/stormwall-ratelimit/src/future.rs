@@ -158,7 +158,8 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
             }
         }
         let cost = self.p.cost;
-        let fut = if let ([(key, quota)], [limit]) = (&self.p.keys[..], &shared.limits[..]) {
+        let fut = if let (Some((key, quota)), [limit]) = (self.p.keys.single(), &shared.limits[..])
+        {
             let c = [LimitCheck {
                 limit: &limit.id,
                 key,

@@ -84,8 +84,22 @@ impl<S, St> RateLimit<S, St> {
     }
 }
 
-/// The request's keys and quotas, one per limit.
-pub(crate) type Keys = Vec<(LimitKey, Quota)>;
+/// The request's keys and quotas, one per limit (the first inline: a single-limit layer
+/// allocates nothing per request).
+pub(crate) struct Keys {
+    first: (LimitKey, Quota),
+    rest: Vec<(LimitKey, Quota)>,
+}
+
+impl Keys {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(LimitKey, Quota)> {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
+
+    pub(crate) fn single(&self) -> Option<&(LimitKey, Quota)> {
+        self.rest.is_empty().then_some(&self.first)
+    }
+}
 
 pub(crate) struct Prepared {
     pub(crate) keys: Keys,
@@ -96,15 +110,15 @@ pub(crate) struct Prepared {
 }
 
 pub(crate) fn prepare<St>(shared: &Shared<St>, head: &Request<()>) -> Prepared {
-    let keys: Keys = shared
-        .limits
-        .iter()
-        .map(|l| (l.key_of(head), l.quota_of(head)))
-        .collect();
+    let of = |l: &Limit| (l.key_of(head), l.quota_of(head));
+    let keys = Keys {
+        first: of(&shared.limits[0]),
+        rest: shared.limits[1..].iter().map(of).collect(),
+    };
     let ext = head.extensions();
     let queue_key = if matches!(shared.mode, Mode::Wait { .. }) {
         let mut h = DefaultHasher::new();
-        for (k, _) in &keys {
+        for (k, _) in keys.iter() {
             k.hash(&mut h);
         }
         h.finish()

@@ -36,6 +36,31 @@ pub enum Verdict {
 /// Decides, in generic mode, whether an outcome is retried and how to copy a request.
 ///
 /// Closures `Fn(&Result<Res, E>) -> Verdict` are policies for `Req: Clone`.
+///
+/// ```
+/// use std::time::Duration;
+/// use stormwall_retry::{RetryPolicy, Verdict};
+///
+/// /// Retries `Busy(ms)` after the delay the server asked for; never retries `Invalid`.
+/// #[derive(Clone)]
+/// struct Db;
+/// #[derive(Debug)]
+/// enum DbError { Busy(u64), Invalid }
+///
+/// impl RetryPolicy<String, u64, DbError> for Db {
+///     fn classify(&self, result: &Result<u64, DbError>) -> Verdict {
+///         match result {
+///             Ok(_) => Verdict::Success,
+///             Err(DbError::Busy(ms)) => Verdict::Retry { after: Some(Duration::from_millis(*ms)) },
+///             Err(DbError::Invalid) => Verdict::Fail,
+///         }
+///     }
+///     fn clone_request(&self, query: &String) -> Option<String> {
+///         Some(query.clone())
+///     }
+/// }
+/// assert_eq!(Db.classify(&Err(DbError::Invalid)), Verdict::Fail);
+/// ```
 pub trait RetryPolicy<Req, Res, E> {
     /// Judges the outcome of one attempt.
     fn classify(&self, result: &Result<Res, E>) -> Verdict;

@@ -5,6 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// A snapshot of a retry layer's counters (shared by every service the layer built).
 ///
 /// See [`RetryLayer::stats`](crate::RetryLayer::stats).
+///
+/// ```
+/// use stormwall_retry::{RetryLayer, RetryStats};
+/// let layer = RetryLayer::new();
+/// let stats: RetryStats = layer.stats();
+/// assert_eq!((stats.requests, stats.retries, stats.budget_exhausted), (0, 0, 0));
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RetryStats {

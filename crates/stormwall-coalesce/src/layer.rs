@@ -8,6 +8,7 @@ use http::Method;
 use stormwall_core::key::KeyFn;
 use tower_layer::Layer;
 
+use crate::generic::GenericCoalesceLayer;
 use crate::key::DefaultKey;
 use crate::service::Coalesce;
 use crate::stats::{StatsHandle, StatsInner};
@@ -62,6 +63,18 @@ impl CoalesceLayer {
     /// ```
     pub fn new() -> Self {
         Self::named("default")
+    }
+
+    /// A layer for any service whose response is `Clone` (gRPC-free RPC clients, database
+    /// lookups, ...): requests are keyed by `key` and responses and errors are shared. See
+    /// [`GenericCoalesce`](crate::GenericCoalesce) for an example.
+    pub fn generic<K>(key: K) -> GenericCoalesceLayer<K> {
+        GenericCoalesceLayer::new(key, "default")
+    }
+
+    /// Like [`generic`](Self::generic), with `name = <name>` on the metrics.
+    pub fn generic_named<K>(key: K, name: &'static str) -> GenericCoalesceLayer<K> {
+        GenericCoalesceLayer::new(key, name)
     }
 
     /// Like [`new`](Self::new), with `name = <name>` on the metrics.

@@ -18,6 +18,7 @@
 mod error;
 mod flight;
 mod future;
+mod generic;
 mod group;
 mod key;
 mod layer;
@@ -27,6 +28,7 @@ mod upstream;
 
 pub use self::error::CoalesceError;
 pub use self::future::ResponseFuture;
+pub use self::generic::{GenericCoalesce, GenericCoalesceLayer, GenericFuture};
 pub use self::group::{Group, Run};
 pub use self::key::{DefaultKey, KEY_HEADERS, RequestKey};
 pub use self::layer::{CoalesceLayer, DEFAULT_MAX_BODY};

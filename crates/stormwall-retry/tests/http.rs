@@ -340,3 +340,28 @@ async fn connect_errors_are_retried() {
     assert!(err.inner_error().is_some_and(|e| e.is_connect()));
     assert_eq!(layer.stats().retries, 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_outage_retries_stay_within_the_ratio_of_successes() {
+    let counter = Arc::new(AtomicU64::new(0));
+    let c = counter.clone();
+    let server = TestServer::start(move |_req| {
+        let n = c.fetch_add(1, Ordering::Relaxed);
+        async move { if n % 2 == 0 { status(503) } else { ok("fine") } }
+    })
+    .await;
+    let n = 10_000;
+    // No floor, so that the bound is exactly ratio × successes (+ at most one racing
+    // withdrawal per concurrent caller).
+    let layer = fast().budget(RetryBudget::new(Duration::from_secs(60), 0, 0.2).unwrap());
+    let svc = layer.layer(client());
+    let ok = flood(svc, server.url("/"), n, 50).await;
+    let stats = layer.stats();
+    eprintln!("partial outage: {ok}/{n} ok, {stats:?}");
+    assert!(stats.retries > 0);
+    assert!(
+        stats.retries as f64 <= 0.2 * stats.successes as f64 + 50.0,
+        "{stats:?}"
+    );
+    assert_eq!(server.calls(), stats.attempts);
+}

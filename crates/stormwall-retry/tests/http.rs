@@ -347,7 +347,13 @@ async fn partial_outage_retries_stay_within_the_ratio_of_successes() {
     let c = counter.clone();
     let server = TestServer::start(move |_req| {
         let n = c.fetch_add(1, Ordering::Relaxed);
-        async move { if n % 2 == 0 { status(503) } else { ok("fine") } }
+        async move {
+            if n.is_multiple_of(2) {
+                status(503)
+            } else {
+                ok("fine")
+            }
+        }
     })
     .await;
     let n = 10_000;

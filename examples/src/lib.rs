@@ -3,6 +3,8 @@
 //!
 //! The examples themselves live next to this crate: run them with `cargo run --example NAME`.
 
+pub mod demo;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

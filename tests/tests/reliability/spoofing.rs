@@ -520,7 +520,7 @@ async fn key_of(
 }
 
 fn e2e_count() -> usize {
-    if extended() { 10_000 } else { 1_000 }
+    if extended() { 5_000 } else { 1_000 }
 }
 
 #[tokio::test]

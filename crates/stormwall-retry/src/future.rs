@@ -484,9 +484,29 @@ where
                     *this.phase = Phase::Launch;
                 }
                 Phase::Launch => {
-                    if let Err(e) = ready!(this.service.poll_ready(cx)) {
-                        *this.phase = Phase::Done;
-                        return Poll::Ready(Err(RetryError::inner(e, this.ctx.attempts)));
+                    match this.service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(e)) => {
+                            *this.phase = Phase::Done;
+                            return Poll::Ready(Err(RetryError::inner(e, this.ctx.attempts)));
+                        }
+                        Poll::Pending => {
+                            // The deadline also bounds the wait for readiness before a retry.
+                            if let Some(deadline) = this.ctx.deadline {
+                                if !this.timer.is_on() {
+                                    *this.timer =
+                                        Timer(Some(Box::pin(tokio::time::sleep_until(deadline))));
+                                }
+                                if this.timer.poll_timer(cx).is_ready() {
+                                    *this.phase = Phase::Done;
+                                    *this.timer = Timer::OFF;
+                                    return Poll::Ready(Err(RetryError::deadline(
+                                        this.ctx.attempts,
+                                    )));
+                                }
+                            }
+                            return Poll::Pending;
+                        }
                     }
                     let fut = this.service.call(this.ctx.next_request());
                     let slot = this.ctx.start(fut, false);

@@ -110,7 +110,9 @@
 //! - gRPC responses whose `grpc-status` arrives only in trailers are not inspected (they would
 //!   have to be buffered): they count as successes. Trailers-only error responses (the usual
 //!   shape of a gRPC error) are classified from their headers.
-//! - Readiness of the inner service is not bounded by the deadline.
+//! - The deadline bounds attempts, backoffs and the wait for the inner service's readiness
+//!   inside the future, but not the caller's own `poll_ready` on [`Retry`] (which delegates to
+//!   the inner service) nor the buffering of the request body.
 //! - At most two attempts are in flight at once when hedging.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

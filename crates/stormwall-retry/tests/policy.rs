@@ -460,3 +460,50 @@ async fn hedging_sends_a_second_attempt_only_for_retryable_requests() {
     // One refusal for the hedge, one for the retry after the timeout.
     assert_eq!(layer.stats().budget_exhausted, 2);
 }
+
+/// Ready for the first attempt (the caller's `poll_ready` and the future's), then never again
+/// (e.g. a saturated connection pool).
+#[derive(Clone)]
+struct ReadyOnce {
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Service<Req> for ReadyOnce {
+    type Response = Res;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Res, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        if self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    }
+
+    fn call(&mut self, _req: Req) -> Self::Future {
+        std::future::ready(Ok(Response::builder()
+            .status(503)
+            .body(Full::new(Bytes::new()))
+            .unwrap()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_bounds_the_wait_for_readiness_before_a_retry() {
+    let svc = ReadyOnce {
+        polls: Arc::default(),
+    };
+    let mut svc = unlimited()
+        .backoff(Backoff::none())
+        .deadline(Duration::from_secs(2))
+        .layer_service(svc);
+    let start = Instant::now();
+    let err = send(&mut svc, get()).await.unwrap_err();
+    assert!(err.is_deadline());
+    assert_eq!(err.attempts(), 1);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}

@@ -81,14 +81,33 @@ pub(crate) fn heuristically_cacheable(status: StatusCode) -> bool {
     )
 }
 
-/// Whether the cache handles this request at all: GET without range or precondition headers
-/// it does not evaluate.
-pub(crate) fn bypass_request(method: &Method, headers: &HeaderMap) -> bool {
-    method != Method::GET
-        || headers.contains_key(RANGE)
-        || headers.contains_key(IF_MATCH)
-        || headers.contains_key(IF_UNMODIFIED_SINCE)
-        || headers.contains_key(IF_RANGE)
+/// What one pass over a request's header names tells the cache.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestFlags {
+    /// Range or preconditions the cache does not evaluate: bypass.
+    pub(crate) bypass: bool,
+    /// `Cache-Control` or `Pragma` present: parse the directives.
+    pub(crate) directives: bool,
+    /// `If-None-Match` / `If-Modified-Since` present.
+    pub(crate) conditionals: bool,
+}
+
+impl RequestFlags {
+    /// One pass over the header names (cheaper than one hash lookup per header of interest).
+    pub(crate) fn scan(headers: &HeaderMap) -> Self {
+        let mut f = Self::default();
+        for name in headers.keys() {
+            if name == RANGE || name == IF_MATCH || name == IF_UNMODIFIED_SINCE || name == IF_RANGE
+            {
+                f.bypass = true;
+            } else if name == http::header::CACHE_CONTROL || name == http::header::PRAGMA {
+                f.directives = true;
+            } else if name == IF_NONE_MATCH || name == IF_MODIFIED_SINCE {
+                f.conditionals = true;
+            }
+        }
+        f
+    }
 }
 
 /// Safe methods (RFC 9110 §9.2.1): everything else invalidates on success (§4.4).
@@ -635,8 +654,14 @@ pub(crate) fn ttl_secs(fresh: &Freshness, now: Instant) -> i64 {
 
 /// The `Age` header value for a served stored response (§5.1).
 pub(crate) fn age_value(fresh: &Freshness, now: Instant) -> HeaderValue {
+    /// Preformatted small ages: cloning one is a reference-count increment, not an allocation.
+    static SMALL: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..=600u64).map(HeaderValue::from).collect());
     let secs = fresh.current_age(now).as_secs().min(MAX_DELTA_SECONDS);
-    HeaderValue::from(secs)
+    match SMALL.get(secs as usize) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(secs),
+    }
 }
 
 #[cfg(test)]
@@ -1128,6 +1153,18 @@ mod tests {
         assert_eq!(stored["x-a"], "old");
         assert_eq!(stored["x-b"], "new");
         assert!(!stored.contains_key("x-hop"));
+    }
+
+    // Requests the cache does not evaluate (ranges, other preconditions) bypass it.
+    #[test]
+    fn request_flags() {
+        for bypass in ["range", "if-match", "if-unmodified-since", "if-range"] {
+            assert!(RequestFlags::scan(&h(&[(bypass, "x")])).bypass, "{bypass}");
+        }
+        let f = RequestFlags::scan(&h(&[("pragma", "no-cache"), ("if-none-match", "\"a\"")]));
+        assert!(!f.bypass && f.directives && f.conditionals);
+        let f = RequestFlags::scan(&h(&[("accept", "*/*")]));
+        assert!(!f.bypass && !f.directives && !f.conditionals);
     }
 
     // §3.1: Connection-named and hop-by-hop headers are not stored.

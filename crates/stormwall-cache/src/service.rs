@@ -216,8 +216,13 @@ where
         if policy::is_unsafe(method) {
             return ResponseFuture::upstream(Box::pin(unsafe_call(shared.clone(), inner, req)));
         }
-        let key = policy::get_key(req.uri(), req.headers(), shared.rules.default_scheme);
-        let (Some(key), false) = (key, policy::bypass_request(method, req.headers())) else {
+        let flags = policy::RequestFlags::scan(req.headers());
+        let key = if method == Method::GET && !flags.bypass {
+            policy::get_key(req.uri(), req.headers(), shared.rules.default_scheme)
+        } else {
+            None
+        };
+        let Some(key) = key else {
             let fwd = if method == Method::GET {
                 Fwd::Bypass
             } else {
@@ -230,7 +235,11 @@ where
                 fwd,
             )));
         };
-        let req_cc = RequestDirectives::from_headers(req.headers());
+        let req_cc = if flags.directives {
+            RequestDirectives::from_headers(req.headers())
+        } else {
+            RequestDirectives::default()
+        };
         let now = Instant::now();
         let mut fwd = Fwd::UriMiss;
         let mut validating = None;

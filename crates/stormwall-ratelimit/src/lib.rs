@@ -56,7 +56,8 @@
 //!   requests (`content-type: application/grpc`) get `grpc-status: 8` (`RESOURCE_EXHAUSTED`)
 //!   with `grpc-retry-pushback-ms`. The body is customizable ([`RateLimitLayer::on_reject`]).
 //!   Rejections carry a [`RateLimited`] extension. The error type stays the inner service's,
-//!   so `Infallible` stays `Infallible`. [`RateLimitLayer::shadow`] counts without rejecting.
+//!   so `Infallible` stays `Infallible`. Outbound, [`RateLimitLayer::error_on_reject`] turns
+//!   rejections into a typed [`RateLimitError::Limited`] with the exact `retry_after` instead. [`RateLimitLayer::shadow`] counts without rejecting.
 //! - **Wait mode** ([`RateLimitLayer::wait`]): a request over quota waits (exactly until its
 //!   earliest admission) up to the maximum wait. Waiters for the same keys are served by
 //!   [`Priority`] (higher first), FIFO within a priority; the queue is bounded (full → rejected
@@ -92,6 +93,7 @@
 
 mod adaptive;
 pub mod algorithm;
+mod error;
 mod future;
 mod layer;
 mod limit;
@@ -105,6 +107,7 @@ pub mod store;
 mod wait;
 
 pub use algorithm::{Algorithm, Decision};
+pub use error::{ErrorFuture, ErrorOnReject, RateLimitError};
 pub use future::ResponseFuture;
 pub use layer::{FailurePolicy, Mode, RateLimitLayer, WaitEvent};
 pub use limit::{Cost, Limit, Priority, QuotaHandle};

@@ -59,7 +59,9 @@
 //!   many times in a row the breaker opened (reset when it closes).
 //! - **Half-open** admits exactly `permitted_calls_in_half_open` probes; further calls are
 //!   rejected at once, not queued. A probe whose future is dropped frees its slot.
-//! - Outcomes of calls admitted before a transition are ignored after it.
+//! - Outcomes of calls admitted before a transition are ignored after it (transitions are
+//!   numbered modulo 8192 in the state word; a call spanning exactly a multiple of 8192
+//!   transitions would be misattributed, which is harmless).
 //!
 //! # Classification
 //!
@@ -93,7 +95,9 @@
 //! # Observability
 //!
 //! Transitions go to the [`on_transition`](CircuitBreakerLayer::on_transition) hook and to a
-//! `tokio::sync::broadcast` channel ([`CircuitBreakerLayer::subscribe`]); health snapshots come
+//! `tokio::sync::broadcast` channel ([`CircuitBreakerLayer::subscribe`]; it holds 64 events, a
+//! subscriber that falls further behind gets `RecvError::Lagged` and skips the oldest ones);
+//! health snapshots come
 //! from [`CircuitBreakerLayer::stats`]. Tracing: `debug` per rejection and failure, `info` per
 //! transition, `warn` when a breaker opens. Metrics (label `breaker` = the breaker's name;
 //! handles are registered when the breaker is built, so install the recorder first):

@@ -61,6 +61,9 @@ impl Snapshots for SingleBreaker {
 /// breaker is open, half-open or busy, the new key is judged by the shared **fallback**
 /// breaker (named `NAME/_fallback`), as are requests whose key cannot be extracted. Both
 /// cases are counted (`stormwall_circuit_key_overflow_total`, [`CircuitStats::overflowed`]).
+/// Concurrent first requests for new keys may overshoot `max_keys` by at most the number of
+/// callers racing at that moment. Finding an eviction victim scans the map, which only
+/// happens for a new key once the map is full.
 ///
 /// [`CircuitStats::overflowed`]: crate::CircuitStats::overflowed
 pub struct KeyedBreakers<E, K> {

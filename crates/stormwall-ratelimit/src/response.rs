@@ -91,14 +91,8 @@ pub(crate) fn quota_headers(
             // on the hot path (see the `fast_headers_match_the_core_formatters` test).
             let w = ceil_secs(d.period);
             let t = ceil_secs(d.reset);
-            put(
-                &RATELIMIT_POLICY,
-                HeaderValue::try_from(format!("\"{name}\";q={};w={w}", d.limit)).ok(),
-            );
-            put(
-                &RATELIMIT,
-                HeaderValue::try_from(format!("\"{name}\";r={};t={t}", d.remaining)).ok(),
-            );
+            put(&RATELIMIT_POLICY, sf_item(name, ('q', d.limit), ('w', w)));
+            put(&RATELIMIT, sf_item(name, ('r', d.remaining), ('t', t)));
         } else {
             put(
                 &RATELIMIT_POLICY,
@@ -117,6 +111,20 @@ pub(crate) fn quota_headers(
             reset: Some(Duration::from_secs(ceil_secs(d.reset))),
         }
         .write(headers);
+    }
+}
+
+/// `"name";a=1;b=2`, formatted on the stack (one allocation: the header value itself).
+fn sf_item(name: &str, a: (char, u64), b: (char, u64)) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 160];
+    let mut cur = std::io::Cursor::new(&mut buf[..]);
+    match write!(cur, "\"{name}\";{}={};{}={}", a.0, a.1, b.0, b.1) {
+        Ok(()) => {
+            let n = usize::try_from(cur.position()).unwrap_or(0);
+            HeaderValue::from_bytes(&buf[..n]).ok()
+        }
+        Err(_) => HeaderValue::try_from(format!("\"{name}\";{}={};{}={}", a.0, a.1, b.0, b.1)).ok(),
     }
 }
 

@@ -86,7 +86,10 @@ pub fn retry_after(data: &[u8]) {
             let back = RetryAfter::parse(&format_retry_after(d))
                 .expect("formatted Retry-After parses")
                 .delay(UNIX_EPOCH);
-            assert!(back >= d && back - d < Duration::from_secs(1), "{d:?} -> {back:?}");
+            assert!(
+                back >= d && back - d < Duration::from_secs(1),
+                "{d:?} -> {back:?}"
+            );
         }
     }
     let map = all_under(&http::header::RETRY_AFTER, values);
@@ -145,11 +148,18 @@ pub fn legacy_ratelimit(data: &[u8]) {
         assert!(parsed.reset.is_none_or(|r| r <= MAX_PUSHBACK), "{parsed:?}");
         let mut written = HeaderMap::new();
         parsed.write(&mut written);
-        for name in [&X_RATELIMIT_LIMIT, &X_RATELIMIT_REMAINING, &X_RATELIMIT_RESET] {
+        for name in [
+            &X_RATELIMIT_LIMIT,
+            &X_RATELIMIT_REMAINING,
+            &X_RATELIMIT_RESET,
+        ] {
             assert!(written.get_all(name).iter().count() <= 1);
         }
         let again = LegacyRateLimit::parse(&written, now).expect("written headers parse");
-        assert_eq!((again.limit, again.remaining), (parsed.limit, parsed.remaining));
+        assert_eq!(
+            (again.limit, again.remaining),
+            (parsed.limit, parsed.remaining)
+        );
         if let (Some(a), Some(b)) = (parsed.reset, again.reset) {
             assert!(b >= a && b - a < Duration::from_secs(1), "{a:?} -> {b:?}");
         } else {
@@ -162,7 +172,10 @@ pub fn legacy_ratelimit(data: &[u8]) {
 /// through its header value.
 pub fn grpc_pushback(data: &[u8]) {
     for v in values(data) {
-        let map = all_under(&stormwall_core::headers::GRPC_RETRY_PUSHBACK_MS, vec![v.clone()]);
+        let map = all_under(
+            &stormwall_core::headers::GRPC_RETRY_PUSHBACK_MS,
+            vec![v.clone()],
+        );
         let parsed = GrpcPushback::from_headers(&map).expect("present header parses to something");
         if let Ok(s) = v.to_str() {
             assert_eq!(GrpcPushback::parse_str(s), parsed);
@@ -171,7 +184,10 @@ pub fn grpc_pushback(data: &[u8]) {
             assert!(d <= MAX_PUSHBACK);
         }
         let back = parsed.to_header_value();
-        assert_eq!(GrpcPushback::parse_str(back.to_str().expect("ascii")), parsed);
+        assert_eq!(
+            GrpcPushback::parse_str(back.to_str().expect("ascii")),
+            parsed
+        );
     }
 }
 
@@ -259,7 +275,10 @@ pub fn client_ip(data: &[u8]) {
 }
 
 fn check_failure(failure: &Failure) {
-    assert!(failure.pushback().is_none_or(|d| d <= MAX_PUSHBACK), "{failure:?}");
+    assert!(
+        failure.pushback().is_none_or(|d| d <= MAX_PUSHBACK),
+        "{failure:?}"
+    );
 }
 
 /// Classification of an arbitrary response: the first line is the status code (digits; `200`
@@ -329,8 +348,11 @@ pub fn classify(data: &[u8]) {
     }
 }
 
-/// Every target, by name (for drivers that pick one).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// The signature of every check.
+pub type Check = fn(&[u8]);
+
+/// Every target, by name, as `fuzz_targets/<name>.rs` and `corpus/<name>/` are named.
+pub const TARGETS: &[(&str, Check)] = &[
     ("retry_after", retry_after),
     ("ratelimit", ratelimit),
     ("ratelimit_policy", ratelimit_policy),
@@ -340,3 +362,22 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("client_ip", client_ip),
     ("classify", classify),
 ];
+
+#[cfg(test)]
+mod tests {
+    /// Replays the checked-in seed corpus through every check (`cargo test` in `fuzz/`, no
+    /// libFuzzer involved).
+    #[test]
+    fn seed_corpus_passes_every_check() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        for (name, check) in super::TARGETS {
+            let mut n = 0;
+            for entry in std::fs::read_dir(root.join(name)).expect("corpus dir") {
+                let data = std::fs::read(entry.expect("entry").path()).expect("read");
+                check(&data);
+                n += 1;
+            }
+            assert!(n > 0, "{name} has no seed corpus");
+        }
+    }
+}

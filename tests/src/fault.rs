@@ -9,7 +9,7 @@
 //! | latency | [`FaultHandle::latency`] | every answer is delayed (a `tokio::time::sleep`, so a paused clock applies) |
 //! | throttling | [`FaultHandle::throttle`] | a fraction of requests get `429` + `Retry-After` (gRPC: `RESOURCE_EXHAUSTED` + `grpc-retry-pushback-ms`) |
 //! | errors | [`FaultHandle::fail`], [`FaultHandle::fail_grpc`], [`FaultHandle::fail_with`] | a fraction of requests get the given status / gRPC code / arbitrary [`Reply`] (hostile headers included) |
-//! | resets | [`FaultHandle::reset`] | a fraction of requests have their TCP connection dropped without an answer (an RST: accepted sockets have a zero linger) |
+//! | resets | [`FaultHandle::reset`] | a fraction of requests have their TCP connection dropped without an answer (an RST: accepted sockets have a zero linger); over HTTP/2 the other streams of that connection fail with it |
 //! | hang | [`FaultHandle::hang`] / [`FaultHandle::release`] | requests are held, unanswered, until released |
 //! | gone | [`FaultHandle::go_away`] / [`FaultHandle::come_back`] | the listener closes (connections refused, open connections dropped), then reopens on the same port |
 //!

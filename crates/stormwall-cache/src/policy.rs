@@ -375,6 +375,18 @@ pub(crate) fn primary_key(method: &Method, origin: &str, uri: &Uri) -> String {
 /// The primary key of a `GET` request in one allocation (the hit path): same result as
 /// `primary_key(GET, request_origin(..), uri)`.
 pub(crate) fn get_key(uri: &Uri, headers: &HeaderMap, default_scheme: &str) -> Option<String> {
+    let mut key = String::new();
+    write_get_key(&mut key, uri, headers, default_scheme)?;
+    Some(key)
+}
+
+/// Like [`get_key`], into a reusable buffer (no allocation once the buffer has grown).
+pub(crate) fn write_get_key(
+    key: &mut String,
+    uri: &Uri,
+    headers: &HeaderMap,
+    default_scheme: &str,
+) -> Option<()> {
     let scheme = uri.scheme_str().unwrap_or(default_scheme);
     let authority = match uri.authority() {
         Some(a) => a.as_str(),
@@ -396,7 +408,7 @@ pub(crate) fn get_key(uri: &Uri, headers: &HeaderMap, default_scheme: &str) -> O
         authority
     };
     let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let mut key = String::with_capacity(7 + scheme.len() + authority.len() + pq.len());
+    key.reserve(7 + scheme.len() + authority.len() + pq.len());
     key.push_str("GET ");
     for c in scheme.chars() {
         key.push(c.to_ascii_lowercase());
@@ -406,7 +418,7 @@ pub(crate) fn get_key(uri: &Uri, headers: &HeaderMap, default_scheme: &str) -> O
         key.push(c.to_ascii_lowercase());
     }
     key.push_str(pq);
-    Some(key)
+    Some(())
 }
 
 /// The primary key of an absolute URL (`scheme://authority/path?query`), for purges and

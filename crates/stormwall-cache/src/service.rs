@@ -23,6 +23,10 @@ use crate::policy::{self, NotStorable, Use};
 use crate::status::{CACHE_STATUS, Fwd, Status};
 use crate::store::Entry;
 
+thread_local! {
+    static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// What one upstream call produced, as shared with the requests that waited for it.
 #[derive(Clone)]
 pub(crate) enum Flight {
@@ -217,12 +221,18 @@ where
             return ResponseFuture::upstream(Box::pin(unsafe_call(shared.clone(), inner, req)));
         }
         let flags = policy::RequestFlags::scan(req.headers());
-        let key = if method == Method::GET && !flags.bypass {
-            policy::get_key(req.uri(), req.headers(), shared.rules.default_scheme)
+        let scheme = shared.rules.default_scheme;
+        // The hit path builds the key in a reused thread-local buffer: no allocation.
+        let lookup = if method == Method::GET && !flags.bypass {
+            KEY.with_borrow_mut(|buf| {
+                buf.clear();
+                policy::write_get_key(buf, req.uri(), req.headers(), scheme)
+                    .map(|()| shared.store.get(buf))
+            })
         } else {
             None
         };
-        let Some(key) = key else {
+        let Some(found) = lookup else {
             let fwd = if method == Method::GET {
                 Fwd::Bypass
             } else {
@@ -244,7 +254,7 @@ where
         let mut fwd = Fwd::UriMiss;
         let mut validating = None;
         let mut stale_if_error = None;
-        if let Some(variants) = shared.store.get(&key) {
+        if let Some(variants) = found {
             fwd = Fwd::VaryMiss;
             if let Some(entry) = select(&variants, req.headers()) {
                 match policy::decide(
@@ -261,7 +271,7 @@ where
                             shared.counters.stale_served.bump();
                             st = st.detail("max-stale");
                         }
-                        tracing::debug!(key = %key, stale, "cache hit");
+                        tracing::debug!(uri = %req.uri(), stale, "cache hit");
                         return ResponseFuture::ready(serve(
                             shared,
                             &entry,
@@ -277,7 +287,9 @@ where
                             .detail("stale-while-revalidate");
                         st.fwd = Some(Fwd::Stale);
                         let res = serve(shared, &entry, req.headers(), now, st);
-                        tracing::debug!(key = %key, "cache hit (stale-while-revalidate)");
+                        tracing::debug!(uri = %req.uri(), "cache hit (stale-while-revalidate)");
+                        let key = policy::get_key(req.uri(), req.headers(), scheme)
+                            .expect("the key was built above");
                         spawn_refresh(shared.clone(), inner, &req, key, entry, req_cc);
                         return ResponseFuture::ready(res);
                     }
@@ -292,6 +304,8 @@ where
                 }
             }
         }
+        let key =
+            policy::get_key(req.uri(), req.headers(), scheme).expect("the key was built above");
         if req_cc.only_if_cached {
             tracing::debug!(key = %key, "only-if-cached: nothing usable stored");
             return ResponseFuture::ready(synthetic(

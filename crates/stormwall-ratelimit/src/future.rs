@@ -30,8 +30,10 @@ pin_project! {
     enum State<F, C> {
         Start,
         Check { #[pin] fut: C },
-        Queued { #[pin] deadline: Sleep },
-        Sleep { #[pin] sleep: Sleep, recheck: bool },
+        // Timers are boxed: they are only needed when a request waits, and an inline `Sleep`
+        // would make every admitted request's future (moved a few times) much larger.
+        Queued { deadline: Pin<Box<Sleep>> },
+        Sleep { sleep: Pin<Box<Sleep>>, recheck: bool },
         Ready,
         Inner { #[pin] fut: F },
         Done,
@@ -347,7 +349,7 @@ where
                     let head = this.ctx.ticket.as_ref().is_none_or(|t| t.poll_head(cx));
                     if head {
                         this.ctx.check(Instant::now())
-                    } else if deadline.poll(cx).is_ready() {
+                    } else if deadline.as_mut().poll(cx).is_ready() {
                         let retry = this
                             .ctx
                             .decision
@@ -359,7 +361,7 @@ where
                     }
                 }
                 StateProj::Sleep { sleep, recheck } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     if !*recheck {
                         Next::Ready
                     } else if this.ctx.ticket.as_ref().is_none_or(|t| t.poll_head(cx)) {
@@ -397,13 +399,13 @@ where
                 Next::Queue(deadline) => {
                     this.ctx.held = true;
                     this.state.set(State::Queued {
-                        deadline: sleep_until(deadline),
+                        deadline: Box::pin(sleep_until(deadline)),
                     });
                 }
                 Next::Sleep(at, recheck) => {
                     this.ctx.held = true;
                     this.state.set(State::Sleep {
-                        sleep: sleep_until(at),
+                        sleep: Box::pin(sleep_until(at)),
                         recheck,
                     });
                 }

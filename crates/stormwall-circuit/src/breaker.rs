@@ -89,8 +89,9 @@ const H: u32 = 17;
 const M17: u64 = (1 << H) - 1;
 
 /// The right to make one call, from [`Breaker::try_acquire`]; hand it back with the outcome to
-/// [`Breaker::record`], or to [`Breaker::release`] if the call was abandoned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// [`Breaker::record`], or to [`Breaker::release`] if the call was abandoned. It is neither
+/// `Clone` nor `Copy`, so one call is recorded once.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Permit {
     epoch: u64,
     kind: State,

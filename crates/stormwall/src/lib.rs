@@ -126,6 +126,8 @@ pub use stormwall_cache as cache;
 
 pub mod body;
 mod builder;
+#[cfg(feature = "config")]
+pub mod config;
 mod error;
 #[cfg(feature = "full")]
 mod stack;

@@ -595,3 +595,89 @@ fn error_type_is_usable() {
     assert!(e.is_inner());
     assert_eq!(e.to_string(), "boom");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_probe_frees_its_half_open_slot() {
+    let up = Upstream::new();
+    up.delay_ms.store(5_000, Ordering::SeqCst);
+    let config = small().permitted_calls_in_half_open(1);
+    let layer = CircuitBreakerLayer::new("dropped", config).unwrap();
+    let mut svc = layer.layer(up.clone().service());
+    up.set(500);
+    up.delay_ms.store(0, Ordering::SeqCst);
+    for _ in 0..4 {
+        call(&mut svc).await.unwrap();
+    }
+    advance(Duration::from_secs(10)).await;
+    up.delay_ms.store(5_000, Ordering::SeqCst);
+    up.set(200);
+    // The only probe times out at the caller and is dropped.
+    let probe = svc.ready().await.unwrap().call(Request::new(()));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), probe)
+            .await
+            .is_err()
+    );
+    assert_eq!(layer.breaker().state(), State::HalfOpen);
+    // Its slot is free again: the next caller is admitted as the probe and closes the breaker.
+    up.delay_ms.store(0, Ordering::SeqCst);
+    assert_eq!(call(&mut svc).await.unwrap(), StatusCode::OK);
+    assert_eq!(layer.breaker().state(), State::Closed);
+}
+
+#[test]
+fn metrics_are_recorded_under_their_documented_names() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let config = BreakerConfig::new()
+            .window(Window::Count(2))
+            .minimum_calls(2)
+            .wait_duration(Duration::from_secs(1));
+        let start = Instant::now();
+        let b = stormwall_circuit::Breaker::new_at("m", config, start).unwrap();
+        let p = b.try_acquire(start).unwrap();
+        b.record(p, false, false, start);
+        let p = b.try_acquire(start).unwrap();
+        b.record(p, true, false, start);
+        assert_eq!(b.state(), State::Open);
+        assert!(b.try_acquire(start).is_err());
+    });
+    let mut seen = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let name = key.key().name().to_owned();
+        let labels: Vec<String> = key
+            .key()
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        seen.insert(format!("{name}{{{}}}", labels.join(",")), value);
+    }
+    let get = |k: &str| {
+        seen.get(k)
+            .unwrap_or_else(|| panic!("{k} missing from {:?}", seen.keys()))
+    };
+    assert_eq!(
+        *get("stormwall_circuit_calls_total{breaker=m,outcome=success}"),
+        DebugValue::Counter(1)
+    );
+    assert_eq!(
+        *get("stormwall_circuit_calls_total{breaker=m,outcome=failure}"),
+        DebugValue::Counter(1)
+    );
+    assert_eq!(
+        *get("stormwall_circuit_rejected_total{breaker=m}"),
+        DebugValue::Counter(1)
+    );
+    assert_eq!(
+        *get("stormwall_circuit_transitions_total{breaker=m,from=closed,to=open}"),
+        DebugValue::Counter(1)
+    );
+    assert!(
+        matches!(get("stormwall_circuit_state{breaker=m}"), DebugValue::Gauge(v) if v.into_inner() == 1.0)
+    );
+    assert!(
+        matches!(get("stormwall_circuit_failure_rate{breaker=m}"), DebugValue::Gauge(v) if v.into_inner() == 50.0)
+    );
+}

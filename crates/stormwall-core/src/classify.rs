@@ -341,8 +341,16 @@ impl<F: Into<Failure>> From<Result<(), F>> for Outcome {
 
 /// The gRPC status in `headers` (a trailers-only response) or trailers, if any.
 pub fn grpc_status(headers: &HeaderMap) -> Option<GrpcCode> {
-    let value = headers.get("grpc-status")?.to_str().ok()?;
-    let code: i32 = value.trim().parse().ok()?;
+    let value = headers.get("grpc-status")?;
+    // A status that is present but not a valid code is a failure of unknown kind, never a
+    // success.
+    let Some(code) = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+    else {
+        return Some(GrpcCode::Unknown);
+    };
     if !(0..=16).contains(&code) {
         return Some(GrpcCode::Unknown);
     }
@@ -651,6 +659,14 @@ mod tests {
         // Garbage grpc-status never panics.
         trailers.insert("grpc-status", "999".parse().unwrap());
         assert_eq!(grpc_status(&trailers), Some(GrpcCode::Unknown));
+        for garbage in ["99999999999", "abc", "", "-1"] {
+            trailers.insert("grpc-status", garbage.parse().unwrap());
+            assert_eq!(
+                grpc_status(&trailers),
+                Some(GrpcCode::Unknown),
+                "{garbage:?}"
+            );
+        }
     }
 
     #[test]

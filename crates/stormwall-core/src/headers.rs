@@ -240,6 +240,7 @@ fn serialize_item(
     ser: &mut sfv::ListSerializer<String>,
     name: &str,
     params: &[(&str, u64)],
+    quota_unit: Option<&str>,
     pk: Option<&[u8]>,
 ) {
     let name =
@@ -252,6 +253,9 @@ fn serialize_item(
             .and_then(|v| sfv::Integer::try_from(v).ok())
             .unwrap_or(sfv::Integer::MAX);
         item = item.parameter(key, v);
+    }
+    if let Some(unit) = quota_unit.and_then(|u| sfv::StringRef::from_str(u).ok()) {
+        item = item.parameter(sfv::KeyRef::constant("qu"), unit);
     }
     if let Some(pk) = pk {
         let _ = item.parameter(sfv::KeyRef::constant("pk"), pk);
@@ -314,7 +318,13 @@ impl RateLimitPolicy {
             if let Some(w) = p.window {
                 params.push(("w", ceil_secs(w)));
             }
-            serialize_item(&mut ser, &p.name, &params, p.partition_key.as_deref());
+            serialize_item(
+                &mut ser,
+                &p.name,
+                &params,
+                p.quota_unit.as_deref(),
+                p.partition_key.as_deref(),
+            );
         }
         ser.finish().and_then(|s| HeaderValue::from_str(&s).ok())
     }
@@ -370,7 +380,7 @@ impl RateLimitStatus {
             if let Some(t) = s.reset {
                 params.push(("t", ceil_secs(t)));
             }
-            serialize_item(&mut ser, &s.name, &params, s.partition_key.as_deref());
+            serialize_item(&mut ser, &s.name, &params, None, s.partition_key.as_deref());
         }
         ser.finish().and_then(|s| HeaderValue::from_str(&s).ok())
     }
@@ -725,9 +735,10 @@ mod tests {
         }
 
         #[test]
-        fn policy_round_trips(name in name_strategy(), q in 0u64..=999_999_999_999_999, w in 0u64..86_400, pk in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8))) {
+        fn policy_round_trips(name in name_strategy(), q in 0u64..=999_999_999_999_999, w in 0u64..86_400, pk in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)), unit in proptest::option::of("[a-z]{1,10}")) {
             let mut p = RateLimitPolicy::new(name, q, Duration::from_secs(w));
             p.partition_key = pk;
+            p.quota_unit = unit;
             let v = RateLimitPolicy::format_all(std::slice::from_ref(&p)).unwrap();
             let mut m = HeaderMap::new();
             m.insert(RATELIMIT_POLICY.clone(), v);

@@ -528,18 +528,52 @@ fn forwarded_for(line: &str) -> Vec<Option<IpAddr>> {
     let mut out = Vec::new();
     for element in split_quoted(line, ',') {
         let mut found = None;
+        let mut well_formed = true;
         for pair in split_quoted(element, ';') {
-            if let Some((k, v)) = pair.split_once('=')
-                && k.trim().eq_ignore_ascii_case("for")
-            {
+            if pair.trim().is_empty() {
+                continue;
+            }
+            let Some((k, v)) = pair.split_once('=') else {
+                well_formed = false;
+                continue;
+            };
+            if !is_forwarded_value(v) {
+                well_formed = false;
+            }
+            if k.trim().eq_ignore_ascii_case("for") {
                 found = Some(parse_node(v));
             }
         }
         if !element.trim().is_empty() {
-            out.push(found.flatten());
+            // A malformed element (an unclosed quote, or a quoted string followed by more
+            // text) may have swallowed the entries a proxy appended after it: it cannot be
+            // attributed, so the walk stops at the last trusted hop.
+            out.push(if well_formed { found.flatten() } else { None });
         }
     }
     out
+}
+
+/// Whether `value` is a token or one complete quoted-string (RFC 7239 §4), surrounding
+/// whitespace allowed.
+fn is_forwarded_value(value: &str) -> bool {
+    let value = value.trim();
+    let Some(inner) = value.strip_prefix('"') else {
+        return !value.contains('"');
+    };
+    let mut escaped = false;
+    for (i, c) in inner.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' => escaped = true,
+            '"' => return i + 1 == inner.len(),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn split_quoted(s: &str, sep: char) -> Vec<&str> {
@@ -847,6 +881,15 @@ mod tests {
             &[("forwarded", r#"for="_gazonk", for=10.1.1.1"#)],
         );
         assert_eq!(x.extract(&req).unwrap(), ip("10.1.1.1"));
+        // An attacker's unclosed quote must not swallow the entry a trusted proxy appended on
+        // the same line: the element is unattributable, the key is the last trusted hop.
+        let req = req_from(
+            "10.0.0.1:1",
+            &[("forwarded", r#"for=1.2.3.4;x=", for="[2001:db8::1]:443""#)],
+        );
+        assert_eq!(x.extract(&req).unwrap(), ip("10.0.0.1"));
+        let req = req_from("10.0.0.1:1", &[("forwarded", r#"for="1.2.3.4"#)]);
+        assert_eq!(x.extract(&req).unwrap(), ip("10.0.0.1"));
         // Quoted separators do not split elements.
         let req = req_from(
             "10.0.0.1:1",

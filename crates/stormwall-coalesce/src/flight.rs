@@ -201,12 +201,14 @@ impl<K: Hash + Eq, U: Upstream> Core<K, U> {
     }
 
     fn leader(&self, flight: Arc<Flight<K, U>>) -> Waiter<K, U> {
-        let id = {
+        // The driver needs no waker slot: upstream progress wakes it. A new flight is not yet
+        // shared, so no lock contention here.
+        let id = DRIVER_ID;
+        {
             let mut state = flight.state.lock();
-            let id = state.register();
+            state.attached += 1;
             state.driver = Some(id);
-            id
-        };
+        }
         self.stats.flight_started();
         self.stats.waiter_added();
         Waiter {
@@ -221,6 +223,9 @@ impl<K: Hash + Eq, U: Upstream> Core<K, U> {
             .remove_if(&flight.key, |_, v| std::ptr::eq(&**v, flight));
     }
 }
+
+/// The id of the leader, which has no waker slot.
+const DRIVER_ID: usize = usize::MAX;
 
 /// A caller attached to a flight. Dropping it detaches the caller (see the module docs).
 pub(crate) struct Waiter<K: Hash + Eq, U: Upstream> {

@@ -67,8 +67,9 @@ pin_project! {
         #[pin]
         state: State<S, ReqB, RB, K>,
         timeout: Option<Duration>,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed and created on the first pending poll, only when a timeout is set: a waiter
+        // without a timeout does not carry a timer.
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -165,7 +166,12 @@ where
                         waiter.stats().reissued();
                         tracing::debug!(reason = ?why, "coalesce: response not shareable, re-issuing");
                         let Some((svc, req)) = reissue.take() else {
-                            unreachable!("the driver never re-issues");
+                            // Only waiters (which keep their request) are told to re-issue.
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(failure_response(
+                                StatusCode::BAD_GATEWAY,
+                                Arc::from("coalesced response could not be shared"),
+                            )));
                         };
                         this.state.set(State::Reissue {
                             svc,
@@ -173,7 +179,7 @@ where
                         });
                         // A re-issued call is not timed by the coalescing timeout.
                         *this.timeout = None;
-                        this.sleep.set(None);
+                        *this.sleep = None;
                     }
                     Poll::Ready(Delivery::Shared(HttpShared::Failed(msg))) => {
                         this.state.set(State::Done);
@@ -191,10 +197,10 @@ where
                             return Poll::Pending;
                         };
                         if this.sleep.is_none() {
-                            this.sleep.set(Some(tokio::time::sleep(timeout)));
+                            *this.sleep = Some(Box::pin(tokio::time::sleep(timeout)));
                         }
-                        let sleep = this.sleep.as_mut().as_pin_mut().expect("sleep set");
-                        if sleep.poll(cx).is_pending() {
+                        let sleep = this.sleep.as_mut().expect("sleep set");
+                        if sleep.as_mut().poll(cx).is_pending() {
                             return Poll::Pending;
                         }
                         waiter.stats().timeout();

@@ -302,8 +302,9 @@ pin_project! {
         #[pin]
         kind: Kind<F, K>,
         timeout: Option<Duration>,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed and created on the first pending poll, only when a timeout is set: a waiter
+        // without a timeout does not carry a timer.
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -385,10 +386,10 @@ where
             return Poll::Pending;
         };
         if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep(timeout)));
+            *this.sleep = Some(Box::pin(tokio::time::sleep(timeout)));
         }
-        let sleep = this.sleep.as_mut().as_pin_mut().expect("sleep set");
-        ready!(sleep.poll(cx));
+        let sleep = this.sleep.as_mut().expect("sleep set");
+        ready!(sleep.as_mut().poll(cx));
         if let KindProj::Wait { waiter } = this.kind.as_mut().project() {
             waiter.stats().timeout();
         }

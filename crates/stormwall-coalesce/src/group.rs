@@ -289,8 +289,9 @@ pin_project! {
     {
         kind: RunKind<K, V, E>,
         timeout: Option<Duration>,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed and created on the first pending poll, only when a timeout is set: a waiter
+        // without a timeout does not carry a timer.
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 }
 
@@ -322,7 +323,7 @@ where
     type Output = Result<V, CoalesceError<E>>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         match this.kind {
             RunKind::Wait { waiter } => {
                 if let Poll::Ready(delivery) = waiter.poll(cx) {
@@ -356,10 +357,10 @@ where
             return Poll::Pending;
         };
         if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep(timeout)));
+            *this.sleep = Some(Box::pin(tokio::time::sleep(timeout)));
         }
-        let sleep = this.sleep.as_pin_mut().expect("sleep set above");
-        if sleep.poll(cx).is_ready() {
+        let sleep = this.sleep.as_mut().expect("sleep set above");
+        if sleep.as_mut().poll(cx).is_ready() {
             match std::mem::replace(this.kind, RunKind::Done) {
                 RunKind::Wait { waiter } => {
                     waiter.stats().timeout();

@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use metrics::{Counter, Gauge};
+
 /// Metric names (see the [crate docs](crate#metrics)).
 pub(crate) mod names {
     pub(crate) const HITS: &str = "stormwall_coalesce_hits_total";
@@ -20,7 +22,9 @@ pub(crate) mod names {
 }
 
 /// The live counters. One instance per group or layer, behind an `Arc`.
-#[derive(Debug, Default)]
+///
+/// The `metrics` handles are registered once, when the group or layer is built (install the
+/// metrics recorder before that), so the hot path does not look metrics up by name.
 pub(crate) struct StatsInner {
     pub(crate) name: &'static str,
     hits: AtomicU64,
@@ -33,62 +37,107 @@ pub(crate) struct StatsInner {
     reissued: AtomicU64,
     in_flight: AtomicU64,
     waiters: AtomicU64,
+    m: Handles,
+}
+
+struct Handles {
+    hits: Counter,
+    misses: Counter,
+    errors: Counter,
+    panics: Counter,
+    cancelled: Counter,
+    timeouts: Counter,
+    overflows: Counter,
+    reissued: Counter,
+    in_flight: Gauge,
+    waiters: Gauge,
+}
+
+impl fmt::Debug for StatsInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StatsInner")
+            .field("name", &self.name)
+            .field("snapshot", &self.snapshot())
+            .finish()
+    }
 }
 
 macro_rules! counter {
-    ($self:ident, $field:ident, $name:expr) => {{
+    ($self:ident, $field:ident) => {{
         $self.$field.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!($name, "name" => $self.name).increment(1);
+        $self.m.$field.increment(1);
     }};
 }
 
 impl StatsInner {
     pub(crate) fn new(name: &'static str) -> Arc<Self> {
+        let m = Handles {
+            hits: metrics::counter!(names::HITS, "name" => name),
+            misses: metrics::counter!(names::MISSES, "name" => name),
+            errors: metrics::counter!(names::ERRORS, "name" => name),
+            panics: metrics::counter!(names::PANICS, "name" => name),
+            cancelled: metrics::counter!(names::CANCELLED, "name" => name),
+            timeouts: metrics::counter!(names::TIMEOUTS, "name" => name),
+            overflows: metrics::counter!(names::OVERFLOWS, "name" => name),
+            reissued: metrics::counter!(names::REISSUED, "name" => name),
+            in_flight: metrics::gauge!(names::IN_FLIGHT, "name" => name),
+            waiters: metrics::gauge!(names::WAITERS, "name" => name),
+        };
         Arc::new(Self {
             name,
-            ..Self::default()
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            overflows: AtomicU64::new(0),
+            reissued: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            waiters: AtomicU64::new(0),
+            m,
         })
     }
 
     pub(crate) fn hit(&self) {
-        counter!(self, hits, names::HITS);
+        counter!(self, hits);
     }
     pub(crate) fn miss(&self) {
-        counter!(self, misses, names::MISSES);
+        counter!(self, misses);
     }
     pub(crate) fn error(&self) {
-        counter!(self, errors, names::ERRORS);
+        counter!(self, errors);
     }
     pub(crate) fn panic(&self) {
-        counter!(self, panics, names::PANICS);
+        counter!(self, panics);
     }
     pub(crate) fn cancelled(&self) {
-        counter!(self, cancelled, names::CANCELLED);
+        counter!(self, cancelled);
     }
     pub(crate) fn timeout(&self) {
-        counter!(self, timeouts, names::TIMEOUTS);
+        counter!(self, timeouts);
     }
     pub(crate) fn overflow(&self) {
-        counter!(self, overflows, names::OVERFLOWS);
+        counter!(self, overflows);
     }
     pub(crate) fn reissued(&self) {
-        counter!(self, reissued, names::REISSUED);
+        counter!(self, reissued);
     }
     pub(crate) fn flight_started(&self) {
-        let n = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(names::IN_FLIGHT, "name" => self.name).set(n as f64);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.m.in_flight.increment(1.0);
     }
     pub(crate) fn flight_ended(&self) {
-        let n = self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!(names::IN_FLIGHT, "name" => self.name).set(n as f64);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.m.in_flight.decrement(1.0);
     }
     pub(crate) fn waiter_added(&self) {
         self.waiters.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!(names::WAITERS, "name" => self.name).increment(1.0);
+        self.m.waiters.increment(1.0);
     }
     pub(crate) fn waiter_removed(&self) {
         self.waiters.fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!(names::WAITERS, "name" => self.name).decrement(1.0);
+        self.m.waiters.decrement(1.0);
     }
 
     pub(crate) fn snapshot(&self) -> CoalesceStats {

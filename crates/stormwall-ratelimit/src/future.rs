@@ -41,8 +41,9 @@ pin_project! {
 }
 
 pin_project! {
-    /// The response future of [`RateLimit`](crate::RateLimit).
-    pub struct ResponseFuture<S, ReqB, St>
+    /// The waiting (or asynchronously decided) path; boxed, so that the admitted fast path's
+    /// future stays small.
+    pub(crate) struct SlowFuture<S, ReqB, St>
     where
         S: Service<Request<ReqB>>,
         St: Store,
@@ -51,6 +52,211 @@ pin_project! {
         state: State<S::Future, St::CheckFuture>,
         ctx: Ctx<S, ReqB, St>,
     }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<S, ReqB, St>
+    where
+        S: Service<Request<ReqB>>,
+        St: Store,
+    {
+        Fast { #[pin] fut: S::Future, shared: Arc<Shared<St>>, decision: Decision },
+        Rejected { shared: Arc<Shared<St>>, grpc: bool, reason: RejectReason, retry: Duration, decision: Option<Decision> },
+        Slow { fut: Pin<Box<SlowFuture<S, ReqB, St>>> },
+        Done,
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`](crate::RateLimit).
+    pub struct ResponseFuture<S, ReqB, St>
+    where
+        S: Service<Request<ReqB>>,
+        St: Store,
+    {
+        #[pin]
+        kind: Kind<S, ReqB, St>,
+    }
+}
+
+impl<S, ReqB, St> ResponseFuture<S, ReqB, St>
+where
+    S: Service<Request<ReqB>>,
+    St: Store,
+{
+    pub(crate) fn fast(fut: S::Future, shared: Arc<Shared<St>>, decision: Decision) -> Self {
+        Self {
+            kind: Kind::Fast {
+                fut,
+                shared,
+                decision,
+            },
+        }
+    }
+
+    pub(crate) fn rejected(
+        shared: Arc<Shared<St>>,
+        grpc: bool,
+        reason: RejectReason,
+        retry: Duration,
+        decision: Option<Decision>,
+    ) -> Self {
+        Self {
+            kind: Kind::Rejected {
+                shared,
+                grpc,
+                reason,
+                retry,
+                decision,
+            },
+        }
+    }
+
+    pub(crate) fn slow(
+        inner: S,
+        req: Request<ReqB>,
+        shared: Arc<Shared<St>>,
+        p: Prepared,
+        started: Instant,
+    ) -> Self {
+        Self {
+            kind: Kind::Slow {
+                fut: Box::pin(SlowFuture::new(inner, req, shared, p, started)),
+            },
+        }
+    }
+}
+
+impl<S, ReqB, St> ResponseFuture<S, ReqB, St>
+where
+    S: Service<Request<ReqB>>,
+    St: Store,
+{
+    /// Admitted by a shaper with a delay: sleep, then call.
+    pub(crate) fn delayed(
+        inner: S,
+        req: Request<ReqB>,
+        shared: Arc<Shared<St>>,
+        p: Prepared,
+        started: Instant,
+        decision: Decision,
+    ) -> Self {
+        let mut slow = SlowFuture::new(inner, req, shared, p, started);
+        slow.ctx.decision = Some(decision);
+        slow.ctx.held = true;
+        slow.state = State::Sleep {
+            sleep: Box::pin(sleep_until(saturating_add(started, decision.delay))),
+            recheck: false,
+        };
+        Self {
+            kind: Kind::Slow {
+                fut: Box::pin(slow),
+            },
+        }
+    }
+}
+
+impl<S, ReqB, St, ResB> Future for ResponseFuture<S, ReqB, St>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    St: Store,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let out = match this.kind.as_mut().project() {
+            KindProj::Fast {
+                fut,
+                shared,
+                decision,
+            } => {
+                let res = ready!(fut.poll(cx))?;
+                let (mut parts, body) = res.into_parts();
+                decorate(shared, Some(&*decision), &mut parts.headers);
+                Ok(Response::from_parts(parts, ResponseBody::inner(body)))
+            }
+            KindProj::Rejected {
+                shared,
+                grpc,
+                reason,
+                retry,
+                decision,
+            } => Ok(reject_now(shared, *grpc, *reason, *retry, *decision)),
+            KindProj::Slow { fut } => ready!(fut.as_mut().poll(cx)),
+            KindProj::Done => panic!("ResponseFuture polled after completion"),
+        };
+        this.kind.set(Kind::Done);
+        Poll::Ready(out)
+    }
+}
+
+impl<S, ReqB, St> fmt::Debug for ResponseFuture<S, ReqB, St>
+where
+    S: Service<Request<ReqB>>,
+    St: Store,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Fast { .. } => "admitted",
+            Kind::Rejected { .. } => "rejected",
+            Kind::Slow { .. } => "waiting or deciding",
+            Kind::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &kind)
+            .finish()
+    }
+}
+
+/// Counts an admission (no wait).
+pub(crate) fn count_admitted<St>(shared: &Shared<St>) {
+    inc(&shared.counters.admitted);
+    metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "admitted").increment(1);
+}
+
+/// Adds the remaining-quota headers to an admitted response.
+fn decorate<St>(shared: &Shared<St>, decision: Option<&Decision>, headers: &mut http::HeaderMap) {
+    if shared.headers.on_admitted
+        && let Some(d) = decision
+        && let Some(limit) = shared.limits.get(d.index)
+    {
+        quota_headers(headers, limit.name(), d, shared.headers, false);
+    }
+}
+
+/// Counts a rejection and builds its response.
+pub(crate) fn reject_now<St, ResB>(
+    shared: &Shared<St>,
+    grpc: bool,
+    reason: RejectReason,
+    retry: Duration,
+    decision: Option<Decision>,
+) -> Response<ResponseBody<ResB>> {
+    inc(&shared.counters.rejected);
+    if reason == RejectReason::QueueFull {
+        inc(&shared.counters.queue_full);
+        metrics::counter!("stormwall_ratelimit_queue_full_total").increment(1);
+    }
+    metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "rejected").increment(1);
+    let limit = shared
+        .limits
+        .get(decision.map_or(0, |d| d.index))
+        .map(|l| Arc::from(l.name()));
+    tracing::debug!(
+        ?reason,
+        ?retry,
+        limit = limit.as_deref(),
+        "stormwall rate limit: rejected"
+    );
+    let r = rejection(reason, retry, decision, limit, shared.headers);
+    let mut res = reject_response(&r, grpc, shared.on_reject.as_ref());
+    res.extensions_mut().insert(RateLimited {
+        reason,
+        retry_after: retry,
+    });
+    res
 }
 
 struct Ctx<S, ReqB, St> {
@@ -68,20 +274,7 @@ struct Ctx<S, ReqB, St> {
     held: bool,
 }
 
-impl<S, ReqB, St> fmt::Debug for ResponseFuture<S, ReqB, St>
-where
-    S: Service<Request<ReqB>>,
-    St: Store,
-{
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("started", &self.ctx.started)
-            .field("waiting", &self.ctx.ticket.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S, ReqB, St> ResponseFuture<S, ReqB, St>
+impl<S, ReqB, St> SlowFuture<S, ReqB, St>
 where
     S: Service<Request<ReqB>>,
     St: Store,
@@ -277,9 +470,7 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
         self.released = Some(now);
         let waited = now.saturating_duration_since(self.started);
         let c = &self.shared.counters;
-        inc(&c.admitted);
-        metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "admitted")
-            .increment(1);
+        count_admitted(&self.shared);
         if waited > Duration::ZERO {
             inc(&c.waited);
             c.wait_nanos.fetch_add(
@@ -304,32 +495,11 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
         decision: Option<Decision>,
     ) -> Response<ResponseBody<ResB>> {
         self.ticket = None;
-        let shared = &*self.shared;
-        inc(&shared.counters.rejected);
-        if reason == RejectReason::QueueFull {
-            inc(&shared.counters.queue_full);
-            metrics::counter!("stormwall_ratelimit_queue_full_total").increment(1);
-        }
-        metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "rejected")
-            .increment(1);
-        let limit = self.limit_name(decision.as_ref());
-        tracing::debug!(
-            ?reason,
-            ?retry,
-            limit = limit.as_deref(),
-            "stormwall rate limit: rejected"
-        );
-        let r = rejection(reason, retry, decision, limit, shared.headers);
-        let mut res = reject_response(&r, self.p.grpc, shared.on_reject.as_ref());
-        res.extensions_mut().insert(RateLimited {
-            reason,
-            retry_after: retry,
-        });
-        res
+        reject_now(&self.shared, self.p.grpc, reason, retry, decision)
     }
 }
 
-impl<S, ReqB, St, ResB> Future for ResponseFuture<S, ReqB, St>
+impl<S, ReqB, St, ResB> Future for SlowFuture<S, ReqB, St>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     St: Store,
@@ -435,12 +605,7 @@ fn finish<S, ReqB, St: Store, ResB>(
             "stormwall rate limit: upstream pushback, key paused"
         );
     }
-    if shared.headers.on_admitted
-        && let Some(d) = &ctx.decision
-        && let Some(limit) = shared.limits.get(d.index)
-    {
-        quota_headers(&mut parts.headers, limit.name(), d, shared.headers, false);
-    }
+    decorate(shared, ctx.decision.as_ref(), &mut parts.headers);
     let waited = ctx
         .released
         .map_or(Duration::ZERO, |r| r.saturating_duration_since(ctx.started));

@@ -503,6 +503,15 @@ impl Store for InMemoryStore {
         self.reset_now(limit, key);
         ready(Ok(()))
     }
+
+    fn try_check_sync(
+        &self,
+        now: Instant,
+        checks: &[LimitCheck<'_>],
+        mode: CheckMode,
+    ) -> Option<Result<Decision, StoreError>> {
+        Some(self.check_now(now, checks, mode))
+    }
 }
 
 #[cfg(test)]

@@ -10,19 +10,24 @@ use stormwall_core::response::ResponseBody;
 use stormwall_core::time::Instant;
 use tower_service::Service;
 
-use crate::future::ResponseFuture;
+use crate::algorithm::Decision;
+use crate::future::{ResponseFuture, count_admitted};
 use crate::layer::{Mode, RateLimitLayer, Shared};
 use crate::limit::{Cost, Limit, Priority};
 use crate::memory::InMemoryStore;
 use crate::quota::Quota;
+use crate::response::RejectReason;
 use crate::stats::RateLimitStats;
+use crate::store::{CheckMode, LimitCheck, StoreError};
 use crate::store::{LimitKey, Store};
 
 /// The rate-limiting service built by [`RateLimitLayer`]. See the [crate docs](crate).
 ///
-/// Cloning is cheap; clones share the limiter state. `poll_ready` is always ready: the inner
-/// service's readiness is awaited in the response future, after the request's quota is
-/// granted, so a waiting request never holds an inner service slot.
+/// Cloning is cheap; clones share the limiter state. `poll_ready` delegates to the inner
+/// service. An admitted request is passed to the inner service directly in `call` (with the
+/// in-memory store, the decision is synchronous); a request that must wait keeps the inner
+/// service instance that was made ready and calls it once admitted (polling its readiness
+/// again first).
 pub struct RateLimit<S, St = InMemoryStore> {
     inner: S,
     shared: Arc<Shared<St>>,
@@ -137,6 +142,37 @@ pub(crate) fn prepare<St>(shared: &Shared<St>, head: &Request<()>) -> Prepared {
     }
 }
 
+fn sync_check<St: Store>(
+    shared: &Shared<St>,
+    p: &Prepared,
+    now: Instant,
+) -> Option<Result<Decision, StoreError>> {
+    if let (Some((key, quota)), [limit]) = (p.keys.single(), &shared.limits[..]) {
+        let c = [LimitCheck {
+            limit: &limit.id,
+            key,
+            quota: *quota,
+            algorithm: limit.algorithm,
+            cost: p.cost,
+        }];
+        shared.store.try_check_sync(now, &c, CheckMode::Acquire)
+    } else {
+        let c: Vec<LimitCheck<'_>> = p
+            .keys
+            .iter()
+            .zip(&shared.limits)
+            .map(|((key, quota), limit)| LimitCheck {
+                limit: &limit.id,
+                key,
+                quota: *quota,
+                algorithm: limit.algorithm,
+                cost: p.cost,
+            })
+            .collect();
+        shared.store.try_check_sync(now, &c, CheckMode::Acquire)
+    }
+}
+
 impl<S, St, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, St>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
@@ -146,8 +182,8 @@ where
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqB, St>;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
@@ -156,12 +192,39 @@ where
         let prepared = prepare(&self.shared, &head);
         let (parts, ()) = head.into_parts();
         let req = Request::from_parts(parts, body);
-        ResponseFuture::new(
-            self.inner.clone(),
-            req,
-            self.shared.clone(),
-            prepared,
-            Instant::now(),
-        )
+        let now = Instant::now();
+        let shared = &self.shared;
+        // Fast path: a store that decides synchronously, no adaptation, no queue to respect.
+        if shared.adaptive.is_none()
+            && !(matches!(shared.mode, Mode::Wait { .. })
+                && shared.queue.has_waiters(prepared.queue_key))
+            && let Some(result) = sync_check(shared, &prepared, now)
+        {
+            match result {
+                Ok(d) if d.allowed && d.delay.is_zero() => {
+                    count_admitted(shared);
+                    return ResponseFuture::fast(self.inner.call(req), shared.clone(), d);
+                }
+                Ok(d) if d.allowed => {
+                    // A shaper admitted it for later: hold it (the quota is already spent).
+                    let clone = self.inner.clone();
+                    let inner = std::mem::replace(&mut self.inner, clone);
+                    let shared = shared.clone();
+                    return ResponseFuture::delayed(inner, req, shared, prepared, now, d);
+                }
+                Ok(d) if shared.mode == Mode::Reject && !shared.shadow => {
+                    let (grpc, retry) = (prepared.grpc, d.retry_after);
+                    let reason = RejectReason::Limited;
+                    return ResponseFuture::rejected(shared.clone(), grpc, reason, retry, Some(d));
+                }
+                // Waits, shadow rejections and store errors take the slow path,
+                // which decides again (a rejected check spent nothing).
+                _ => {}
+            }
+        }
+        // The slow path calls the inner service later: keep the instance that was made ready.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::slow(inner, req, self.shared.clone(), prepared, now)
     }
 }

@@ -112,6 +112,20 @@ pub trait Store: Send + Sync + 'static {
 
     /// Forgets the state of `key` under `limit`: its next request finds a full quota.
     fn reset(&self, limit: &LimitId, key: &LimitKey) -> Self::ResetFuture;
+
+    /// An optional synchronous fast path with the same semantics as [`check`](Store::check):
+    /// a store that decides without I/O returns `Some`, and the layer then admits or rejects
+    /// in `call` without building its asynchronous state machine. The default (`None`) is
+    /// right for network stores.
+    fn try_check_sync(
+        &self,
+        now: Instant,
+        checks: &[LimitCheck<'_>],
+        mode: CheckMode,
+    ) -> Option<Result<Decision, StoreError>> {
+        let _ = (now, checks, mode);
+        None
+    }
 }
 
 impl<S: Store + ?Sized> Store for Arc<S> {
@@ -122,6 +136,14 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn reset(&self, limit: &LimitId, key: &LimitKey) -> Self::ResetFuture {
         (**self).reset(limit, key)
+    }
+    fn try_check_sync(
+        &self,
+        now: Instant,
+        checks: &[LimitCheck<'_>],
+        mode: CheckMode,
+    ) -> Option<Result<Decision, StoreError>> {
+        (**self).try_check_sync(now, checks, mode)
     }
 }
 

@@ -261,6 +261,25 @@ impl<C, K, M> CircuitBreakerLayer<C, K, M> {
     /// seconds, rounded up, at least 1) for HTTP requests; for gRPC requests
     /// (`content-type: application/grpc*`) a trailers-only response with `grpc-status: 14`
     /// (`UNAVAILABLE`) and `grpc-retry-pushback-ms`. The error type stays the inner one.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response, StatusCode};
+    /// use stormwall_circuit::{BreakerConfig, CircuitBreakerLayer};
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = CircuitBreakerLayer::new("inbound", BreakerConfig::new()).unwrap().respond();
+    /// let handler = service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+    /// let mut svc = layer.layer(handler);
+    ///
+    /// layer.breaker().force_open();
+    /// let res = svc.ready().await.unwrap().call(Request::new(())).await.unwrap();
+    /// assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    /// assert_eq!(res.headers()["retry-after"], "60");
+    /// # }
+    /// ```
     pub fn respond(self) -> CircuitBreakerLayer<C, K, Respond> {
         CircuitBreakerLayer {
             classifier: self.classifier,
@@ -280,6 +299,16 @@ impl<C, K, M> CircuitBreakerLayer<C, K, M> {
 
 impl<C, K: Snapshots, M> CircuitBreakerLayer<C, K, M> {
     /// A handle on the breakers' health, shared with every service made by this layer.
+    ///
+    /// ```
+    /// use stormwall_circuit::{BreakerConfig, CircuitBreakerLayer, State};
+    ///
+    /// let layer = CircuitBreakerLayer::new("db", BreakerConfig::new()).unwrap();
+    /// let stats = layer.stats();
+    /// let snapshot = &stats.snapshot()[0];
+    /// assert_eq!((&*snapshot.name, snapshot.state), ("db", State::Closed));
+    /// assert_eq!(snapshot.failure_rate, 0.0);
+    /// ```
     pub fn stats(&self) -> CircuitStats {
         CircuitStats {
             inner: self.breakers.clone(),

@@ -109,3 +109,78 @@ async fn waiters_do_not_get_private_responses() {
     }
     assert_eq!(server.calls(), 10);
 }
+
+// Concurrent revalidations of one stale entry make one conditional request; the waiters get
+// the freshened response with `collapsed`.
+#[tokio::test(start_paused = true)]
+async fn concurrent_revalidations_one_conditional_request() {
+    let gate = Arc::new(Semaphore::new(1));
+    let g = gate.clone();
+    let server = TestServer::start(move |req: http::Request<hyper::body::Incoming>| {
+        let g = g.clone();
+        async move {
+            let _permit = g.acquire().await.expect("gate");
+            if req
+                .headers()
+                .get("if-none-match")
+                .is_some_and(|v| v == "\"v1\"")
+            {
+                respond(304, &[("cache-control", "max-age=10".to_owned())], "")
+            } else {
+                respond(
+                    200,
+                    &[
+                        ("cache-control", "max-age=10".to_owned()),
+                        ("etag", "\"v1\"".to_owned()),
+                    ],
+                    "body",
+                )
+            }
+        }
+    })
+    .await;
+    let layer = CacheLayer::shared();
+    let svc = cached(&layer);
+    let url = server.url("/r");
+    get(&svc, &url, &[]).await;
+    // Close the gate (the first request used its permit and gave it back).
+    let held = gate.clone().acquire_owned().await.unwrap();
+    tokio::time::advance(std::time::Duration::from_secs(60)).await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let svc = svc.clone();
+            let url = url.clone();
+            tokio::spawn(async move { get(&svc, &url, &[]).await })
+        })
+        .collect();
+    for _ in 0..1_000_000 {
+        if server.calls() >= 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    drop(held);
+    let mut collapsed = 0;
+    for t in tasks {
+        let got = t.await.unwrap();
+        assert_eq!(got.body, "body");
+        assert!(
+            got.cache_status().contains("fwd=stale; fwd-status=304"),
+            "{}",
+            got.cache_status()
+        );
+        if got.cache_status().contains("collapsed") {
+            collapsed += 1;
+        }
+    }
+    assert_eq!(
+        server.calls(),
+        2,
+        "one conditional request for 20 stale requests"
+    );
+    assert_eq!(collapsed, 19);
+    assert_eq!(layer.handle().stats().revalidated_not_modified, 1);
+}

@@ -115,3 +115,37 @@ async fn purge_api() {
     assert!(!get(&svc, &server.url("/a/1"), &[]).await.is_hit());
     assert_eq!(server.calls(), 5);
 }
+
+// Metrics are emitted under the documented names.
+#[tokio::test]
+async fn metrics_names() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // The counter handles are registered when the cache state is created.
+    let layer = metrics::with_local_recorder(&recorder, || {
+        let layer = CacheLayer::private();
+        let _ = layer.handle();
+        layer
+    });
+    let server = origin("max-age=60").await;
+    let svc = cached(&layer);
+    get(&svc, &server.url("/m"), &[]).await;
+    get(&svc, &server.url("/m"), &[]).await;
+    let counters: std::collections::HashMap<String, u64> = snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter_map(|(key, _, _, value)| match value {
+            DebugValue::Counter(n) => Some((key.key().name().to_owned(), n)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        counters.get("stormwall_cache_hits_total"),
+        Some(&1),
+        "{counters:?}"
+    );
+    assert_eq!(counters.get("stormwall_cache_misses_total"), Some(&1));
+    assert_eq!(counters.get("stormwall_cache_stored_total"), Some(&1));
+}

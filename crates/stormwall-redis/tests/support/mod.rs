@@ -109,10 +109,10 @@ impl Cluster {
             for line in nodes.lines().filter(|l| l.contains("myself")) {
                 for range in line.split_whitespace().skip(8) {
                     let (a, b) = range.split_once('-').unwrap_or((range, range));
-                    if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
-                        if (a..=b).contains(&slot) {
-                            return n.port();
-                        }
+                    if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>())
+                        && (a..=b).contains(&slot)
+                    {
+                        return n.port();
                     }
                 }
             }

@@ -256,8 +256,10 @@ pub struct Breaker {
     name: Arc<str>,
     config: BreakerConfig,
     start: Instant,
-    word: AtomicU64,
-    window: WindowImpl,
+    /// Read by every call: kept on its own cache lines, away from the `Arc` reference count
+    /// (written by every call) and the window (written when outcomes change).
+    word: Padded<AtomicU64>,
+    window: Padded<WindowImpl>,
     consecutive: AtomicU32,
     /// 1 + the second of the last failed or slow call recorded in a time window (0: none).
     last_bad_sec: AtomicU64,
@@ -312,8 +314,8 @@ impl Breaker {
             name,
             config,
             start,
-            word: AtomicU64::new(word(State::Closed, 0, 0)),
-            window,
+            word: Padded(AtomicU64::new(word(State::Closed, 0, 0))),
+            window: Padded(window),
             consecutive: AtomicU32::new(0),
             last_bad_sec: AtomicU64::new(0),
             half_open: AtomicU64::new(0),
@@ -343,7 +345,7 @@ impl Breaker {
     /// Whether [`record`](Self::record) needs a real `now` (time windows and slow-call
     /// detection); otherwise the layer does not read the clock on the closed path.
     pub fn needs_clock(&self) -> bool {
-        matches!(self.window, WindowImpl::Time(_)) || self.config.slow_call_duration.is_some()
+        matches!(self.window.0, WindowImpl::Time(_)) || self.config.slow_call_duration.is_some()
     }
 
     /// Subscribes to state transitions.
@@ -512,7 +514,7 @@ impl Breaker {
         match permit.kind {
             State::HalfOpen => self.record_probe(permit, bits, now()),
             State::Closed | State::MetricsOnly => {
-                let counts = match &self.window {
+                let counts = match &self.window.0 {
                     WindowImpl::Count(cw) => cw.record(bits),
                     WindowImpl::Time(tw) => {
                         let now = now();
@@ -659,7 +661,7 @@ impl Breaker {
         open_for: Option<Duration>,
     ) {
         // Every period starts with a clean window.
-        match &self.window {
+        match &self.window.0 {
             WindowImpl::Count(cw) => cw.reset(),
             WindowImpl::Time(tw) => tw.reset(),
             WindowImpl::Consecutive(_) => {}
@@ -757,7 +759,7 @@ impl Breaker {
                     Counts::default()
                 }
             }
-            _ => match &self.window {
+            _ => match &self.window.0 {
                 WindowImpl::Count(cw) => cw.counts().unwrap_or_default(),
                 WindowImpl::Time(tw) => tw.counts(self.micros(now) / 1_000_000),
                 WindowImpl::Consecutive(_) => Counts::default(),
@@ -777,6 +779,19 @@ impl Breaker {
             rejected: self.rejected.load(Ordering::Relaxed),
             transitions: self.transitions.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Aligned to 128 bytes (two cache lines, for adjacent-line prefetchers) against false sharing.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.0
     }
 }
 

@@ -15,6 +15,10 @@
 //! Long variants run with `STORMWALL_EXTENDED=1`; the default sizes still assert the bound.
 
 mod hostile_headers;
+#[cfg(feature = "full")]
+mod outage;
+#[cfg(feature = "full")]
+mod overload;
 mod spoofing;
 
 /// Whether the extended (long) variants run.

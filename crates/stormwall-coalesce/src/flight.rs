@@ -126,7 +126,8 @@ pub(crate) struct Flight<K, U: Upstream> {
 
 /// The map of flights of one group or one layer.
 pub(crate) struct Core<K, U: Upstream> {
-    map: DashMap<K, Arc<Flight<K, U>>>,
+    /// foldhash: fast, with a per-map random seed (keys can come from clients).
+    map: DashMap<K, Arc<Flight<K, U>>, foldhash::fast::RandomState>,
     pub(crate) stats: Arc<StatsInner>,
 }
 
@@ -143,7 +144,7 @@ pub(crate) enum Role<K: Hash + Eq, U: Upstream> {
 impl<K: Hash + Eq, U: Upstream> Core<K, U> {
     pub(crate) fn new(stats: Arc<StatsInner>) -> Self {
         Self {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             stats,
         }
     }
@@ -194,21 +195,16 @@ impl<K: Hash + Eq, U: Upstream> Core<K, U> {
                 phase: Phase::Running { fut: None },
                 slots: Vec::new(),
                 free: Vec::new(),
-                attached: 0,
-                driver: None,
+                attached: 1,
+                driver: Some(DRIVER_ID),
             }),
         })
     }
 
     fn leader(&self, flight: Arc<Flight<K, U>>) -> Waiter<K, U> {
-        // The driver needs no waker slot: upstream progress wakes it. A new flight is not yet
-        // shared, so no lock contention here.
+        // `new_flight` attached the leader as the driver. The driver needs no waker slot:
+        // upstream progress wakes it.
         let id = DRIVER_ID;
-        {
-            let mut state = flight.state.lock();
-            state.attached += 1;
-            state.driver = Some(id);
-        }
         self.stats.flight_started();
         self.stats.waiter_added();
         Waiter {

@@ -14,6 +14,8 @@
 //!
 //! Long variants run with `STORMWALL_EXTENDED=1`; the default sizes still assert the bound.
 
+#[cfg(feature = "full")]
+mod cancellation;
 mod hostile_headers;
 #[cfg(feature = "full")]
 mod isolation;

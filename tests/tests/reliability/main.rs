@@ -8,9 +8,14 @@
 //!   `X-RateLimit-*`, `grpc-retry-pushback-ms`, `Cache-Control`, `Vary` values through the
 //!   core's parsers and classifier, in process and off the wire from the fault server.
 //!
-//! The scenarios that span the layers (1 outage, 2 overload, 3 key flood, 5 cross-user
-//! isolation, 6 Redis faults, 7 cancellation) are added as sibling modules once the layers
-//! land; RELIABILITY.md lists them as pending.
+//! Across the layers (need the `full` feature: `--all-features`):
+//! - [`outage`] (scenario 1): 100 % `503` through the standard outbound stack.
+//! - [`overload`] (scenario 2): 10× a per-IP GCRA quota on an axum server.
+//! - [`isolation`] (scenario 5): per-user responses and `Set-Cookie` through a shared cache
+//!   and coalescing; unkeyed-header poisoning.
+//! - [`cancellation`] (scenario 7): callers dropped at random through every layer.
+//!
+//! Scenarios 3 (key flood) and 6 (Redis faults) are still pending; RELIABILITY.md lists them.
 //!
 //! Long variants run with `STORMWALL_EXTENDED=1`; the default sizes still assert the bound.
 

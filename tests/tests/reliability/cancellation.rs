@@ -269,14 +269,25 @@ async fn rate_limit_waiters_dropped_at_random() {
         let _ = w.await;
     }
     let end = limit.stats();
+    // Nothing the dropped waiters held delays the next caller: it is admitted.
+    let t = Instant::now();
+    let fresh = timeout(BOUND, svc.clone().oneshot(get(server.url("/w3"))))
+        .await
+        .expect("bounded");
+    let fresh_wait = t.elapsed();
+    assert!(
+        fresh.is_ok(),
+        "a fresh caller after the cancellations was turned away"
+    );
     let up = server.stats();
     drop((svc, stack, limit));
     let left = settle(baseline).await;
     println!(
         "cancellation/ratelimit wait: phase 1 {callers} callers → {admitted} admitted, \
          {rejected} rejected, {dropped} dropped, waiting after {}; phase 2 {CAP} new waiters → \
-         {} waiting + {} admitted, queue-full {} → {}; after abort waiting {}; upstream {} \
-         requests; alive tasks {left} (baseline {baseline})",
+         {} waiting + {} admitted, queue-full {} → {}; after abort waiting {}; a fresh caller \
+         then admitted after {fresh_wait:?}; upstream {} requests; alive tasks {left} \
+         (baseline {baseline})",
         after_drop.waiting,
         full.waiting,
         full.admitted - after_drop.admitted,

@@ -18,7 +18,8 @@
 //! * Lock order: map shard, then flight. Paths that must touch both (completion, cancellation)
 //!   never hold the flight lock while taking the shard lock.
 
-use std::any::Any;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::mem;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -129,6 +130,46 @@ pub(crate) struct Core<K, U: Upstream> {
     /// foldhash: fast, with a per-map random seed (keys can come from clients).
     map: DashMap<K, Arc<Flight<K, U>>, foldhash::fast::RandomState>,
     pub(crate) stats: Arc<StatsInner>,
+}
+
+/// The flight maps of one layer, one per concrete flight type (the type depends on the
+/// service the layer wraps, which the layer does not know). Every service a layer makes, by
+/// any number of `layer()` calls (axum makes one per connection), finds the same map here.
+pub(crate) struct Registry {
+    pub(crate) stats: Arc<StatsInner>,
+    cores: Mutex<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+}
+
+impl Registry {
+    pub(crate) fn new(stats: Arc<StatsInner>) -> Arc<Self> {
+        Arc::new(Self {
+            stats,
+            cores: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The map of flights of type `U` for keys `K`, created on first use.
+    pub(crate) fn core<K, U>(&self) -> Arc<Core<K, U>>
+    where
+        K: Hash + Eq + Send + Sync + 'static,
+        U: Upstream + 'static,
+    {
+        let mut cores = self.cores.lock();
+        cores
+            .entry(TypeId::of::<Arc<Core<K, U>>>())
+            .or_insert_with(|| Box::new(Arc::new(Core::<K, U>::new(Arc::clone(&self.stats)))))
+            .downcast_ref::<Arc<Core<K, U>>>()
+            .map(Arc::clone)
+            .expect("registry entries are keyed by their type")
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("name", &self.stats.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The role of a caller after [`Core::join`].

@@ -17,7 +17,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::CoalesceError;
-use crate::flight::{Core, Delivery, Role, Upstream, Waiter};
+use crate::flight::{Core, Delivery, Registry, Role, Upstream, Waiter};
 use crate::stats::{StatsHandle, StatsInner};
 
 /// The upstream of a generic flight: the inner future; errors are shared behind an `Arc`.
@@ -86,6 +86,7 @@ struct GenericShared<K> {
     max_waiters: Option<usize>,
     timeout: Option<Duration>,
     stats: Arc<StatsInner>,
+    registry: Arc<Registry>,
     flights: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
@@ -98,6 +99,7 @@ pub struct GenericCoalesceLayer<K> {
     max_waiters: Option<usize>,
     timeout: Option<Duration>,
     stats: Arc<StatsInner>,
+    registry: Arc<Registry>,
 }
 
 impl<K> fmt::Debug for GenericCoalesceLayer<K> {
@@ -132,11 +134,13 @@ impl<S: Clone, K> Clone for GenericCoalesce<S, K> {
 
 impl<K> GenericCoalesceLayer<K> {
     pub(crate) fn new(key: K, name: &'static str) -> Self {
+        let stats = StatsInner::new(name);
         Self {
             key,
             max_waiters: None,
             timeout: None,
-            stats: StatsInner::new(name),
+            registry: Registry::new(Arc::clone(&stats)),
+            stats,
         }
     }
 
@@ -173,6 +177,7 @@ impl<S, K: Clone> Layer<S> for GenericCoalesceLayer<K> {
                 max_waiters: self.max_waiters,
                 timeout: self.timeout,
                 stats: Arc::clone(&self.stats),
+                registry: Arc::clone(&self.registry),
                 flights: OnceLock::new(),
             }),
         }
@@ -231,13 +236,18 @@ where
                 return GenericFuture::direct(self.inner.call(req));
             }
         };
-        let core = shared.flights.get_or_init(|| {
-            let core: GenericCore<K::Key, S::Future> =
-                Arc::new(Core::new(Arc::clone(&shared.stats)));
-            Box::new(core)
-        });
-        let Some(core) = core.downcast_ref::<GenericCore<K::Key, S::Future>>() else {
-            return GenericFuture::direct(self.inner.call(req));
+        let other;
+        let core = match shared
+            .flights
+            .get_or_init(|| Box::new(shared.registry.core::<K::Key, GenericUpstream<S::Future>>()))
+            .downcast_ref::<GenericCore<K::Key, S::Future>>()
+        {
+            Some(core) => core,
+            None => {
+                // The same service used with a second request type: look its map up each time.
+                other = shared.registry.core::<K::Key, GenericUpstream<S::Future>>();
+                &other
+            }
         };
         let stats = &shared.stats;
         match core.join(key, shared.max_waiters) {

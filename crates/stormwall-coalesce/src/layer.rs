@@ -8,6 +8,7 @@ use http::Method;
 use stormwall_core::key::KeyFn;
 use tower_layer::Layer;
 
+use crate::flight::Registry;
 use crate::generic::GenericCoalesceLayer;
 use crate::key::DefaultKey;
 use crate::service::Coalesce;
@@ -28,13 +29,15 @@ pub(crate) struct Config {
 /// Coalesces concurrent identical HTTP requests into one upstream call (see the
 /// [crate docs](crate) for the rules and an example).
 ///
-/// Services made by one `layer()` call (and their clones) share their flights and the layer's
-/// stats; services made by separate `layer()` calls share the stats only.
+/// Every service made by one layer (and its clones) shares the same flights and stats, even
+/// across `layer()` calls (axum, for example, layers a router once per connection). Two
+/// separately built layers never share.
 #[derive(Clone)]
 pub struct CoalesceLayer<K = DefaultKey> {
     pub(crate) key: K,
     pub(crate) config: Config,
     pub(crate) stats: Arc<StatsInner>,
+    pub(crate) registry: Arc<Registry>,
 }
 
 impl<K> fmt::Debug for CoalesceLayer<K> {
@@ -79,6 +82,7 @@ impl CoalesceLayer {
 
     /// Like [`new`](Self::new), with `name = <name>` on the metrics.
     pub fn named(name: &'static str) -> Self {
+        let stats = StatsInner::new(name);
         Self {
             key: DefaultKey,
             config: Config {
@@ -88,7 +92,8 @@ impl CoalesceLayer {
                 identity_in_key: true,
                 methods: vec![Method::GET, Method::HEAD],
             },
-            stats: StatsInner::new(name),
+            registry: Registry::new(Arc::clone(&stats)),
+            stats,
         }
     }
 }
@@ -118,6 +123,7 @@ impl<K> CoalesceLayer<K> {
                 ..self.config
             },
             stats: self.stats,
+            registry: self.registry,
         }
     }
 

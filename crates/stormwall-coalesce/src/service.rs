@@ -12,7 +12,7 @@ use stormwall_core::key::KeyExtractor;
 use stormwall_core::response::ResponseBody;
 use tower_service::Service;
 
-use crate::flight::{Core, Role};
+use crate::flight::{Core, Registry, Role};
 use crate::future::ResponseFuture;
 use crate::layer::{CoalesceLayer, Config};
 use crate::stats::{StatsHandle, StatsInner};
@@ -24,8 +24,9 @@ struct Shared<K> {
     key: K,
     config: Config,
     stats: Arc<StatsInner>,
-    /// `Arc<Core<Key, HttpUpstream<..>>>`, created on the first call (its type depends on the
-    /// inner service, which the layer does not know).
+    registry: Arc<Registry>,
+    /// `Arc<Core<Key, HttpUpstream<..>>>`, fetched from the layer's registry on the first call
+    /// (its type depends on the inner service, which the layer does not know).
     flights: OnceLock<Box<dyn Any + Send + Sync>>,
 }
 
@@ -73,6 +74,7 @@ impl<S, K> Coalesce<S, K> {
                 key: layer.key,
                 config: layer.config,
                 stats: layer.stats,
+                registry: layer.registry,
                 flights: OnceLock::new(),
             }),
         }
@@ -132,14 +134,26 @@ where
                 return ResponseFuture::direct(self.inner.call(req));
             }
         };
-        let core = shared.flights.get_or_init(|| {
-            let core: HttpCore<K::Key, S::Future, RB> =
-                Arc::new(Core::new(Arc::clone(&shared.stats)));
-            Box::new(core)
-        });
-        let Some(core) = core.downcast_ref::<HttpCore<K::Key, S::Future, RB>>() else {
-            // The same service used with a second request body type: no coalescing for it.
-            return ResponseFuture::direct(self.inner.call(req));
+        let other;
+        let core = match shared
+            .flights
+            .get_or_init(|| {
+                Box::new(
+                    shared
+                        .registry
+                        .core::<K::Key, HttpUpstream<S::Future, RB>>(),
+                )
+            })
+            .downcast_ref::<HttpCore<K::Key, S::Future, RB>>()
+        {
+            Some(core) => core,
+            None => {
+                // The same service used with a second request type: look its map up each time.
+                other = shared
+                    .registry
+                    .core::<K::Key, HttpUpstream<S::Future, RB>>();
+                &other
+            }
         };
         let stats = &shared.stats;
         match core.join(key, config.max_waiters) {

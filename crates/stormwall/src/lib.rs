@@ -7,6 +7,7 @@
 //! | [`CircuitBreakerLayer`](circuit::CircuitBreakerLayer) | [`circuit`] | `circuit` | stop calling what is failing, recover by itself |
 //! | [`RetryLayer`](retry::RetryLayer) | [`retry`] | `retry` | backoff with jitter, budgets, `Retry-After`, idempotency rules |
 //! | [`CacheLayer`](cache::CacheLayer) | [`cache`] | `cache` | RFC 9111 HTTP cache with `Vary`, validation, stale-while-revalidate |
+//! | `RedisStore` (`stormwall_redis`) | `redis` | `redis` | one rate-limit quota shared by every instance, through Redis |
 //!
 //! The shared vocabulary (request keys, outcome classification, peer headers, shareable
 //! responses) lives in [`core`]. Each layer is its own crate: depend on just the one you need,
@@ -123,6 +124,9 @@ pub use stormwall_retry as retry;
 
 #[cfg(feature = "cache")]
 pub use stormwall_cache as cache;
+
+#[cfg(feature = "redis")]
+pub use stormwall_redis as redis;
 
 pub mod body;
 mod builder;

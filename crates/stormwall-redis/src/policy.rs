@@ -126,6 +126,12 @@ impl Circuit {
         }
     }
 
+    /// Gives up a probe that never finished (its request was dropped), so that another
+    /// request can probe.
+    pub(crate) fn abandon_probe(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
     pub(crate) fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Acquire) != 0
     }
@@ -184,6 +190,16 @@ mod tests {
         assert!(c.success());
         assert_eq!(c.pass(600 * MS), Pass::Call);
         assert!(!c.is_open());
+    }
+
+    #[test]
+    fn an_abandoned_probe_lets_another_request_probe() {
+        let c = Circuit::new(1, Duration::from_millis(100), Duration::from_millis(100));
+        assert!(c.failure(0, false));
+        assert_eq!(c.pass(100 * MS), Pass::Probe);
+        assert_eq!(c.pass(100 * MS), Pass::Skip);
+        c.abandon_probe();
+        assert_eq!(c.pass(100 * MS), Pass::Probe);
     }
 
     #[test]

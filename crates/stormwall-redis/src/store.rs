@@ -455,6 +455,10 @@ impl Inner {
         mode: CheckMode,
         probe: bool,
     ) -> Result<Decision, StoreError> {
+        // If this probe's request is dropped before Redis answers, let another one probe.
+        let mut guard = ProbeGuard {
+            inner: probe.then(|| self.clone()),
+        };
         let refs: Vec<LimitCheck<'_>> = checks
             .iter()
             .map(|c| LimitCheck {
@@ -487,6 +491,7 @@ impl Inner {
         }
         let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, self.backend.clone().invoke(inv)).await;
+        guard.inner = None;
         let err = match result {
             Ok(Ok(values)) => {
                 metrics::histogram!("stormwall_redis_latency_seconds")
@@ -511,6 +516,18 @@ impl Inner {
         };
         self.failed(now, probe, &err);
         self.fallback(now, &checks, mode, err)
+    }
+}
+
+struct ProbeGuard {
+    inner: Option<Arc<Inner>>,
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            inner.circuit.abandon_probe();
+        }
     }
 }
 

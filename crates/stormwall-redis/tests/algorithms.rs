@@ -259,3 +259,57 @@ async fn short_keys_expire_by_themselves() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn leaky_bucket_spaces_releases_by_server_time() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let limit = LimitId::new("shaper");
+    let key = LimitKey::from_string("k");
+    let q = Quota::per_second(1).unwrap().with_burst(3).unwrap();
+    let c = [check(&limit, &key, q, Algorithm::LeakyBucket)];
+    let mut delays = Vec::new();
+    for _ in 0..3 {
+        let d = store
+            .check(Instant::now(), &c, CheckMode::Acquire)
+            .await
+            .unwrap();
+        assert!(d.allowed);
+        delays.push(d.delay);
+    }
+    // The queue is full: the 4th is rejected.
+    assert!(
+        !store
+            .check(Instant::now(), &c, CheckMode::Acquire)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(delays[0], Duration::ZERO);
+    // Each release one emission interval (1 s) after the previous one, minus the time the
+    // test itself took between calls.
+    for (i, d) in delays.iter().enumerate() {
+        assert!(*d <= Duration::from_secs(1) * i as u32, "{delays:?}");
+    }
+    assert!(
+        delays[1] > Duration::ZERO && delays[1] < delays[2],
+        "{delays:?}"
+    );
+}
+
+#[tokio::test]
+async fn limiter_acquire_waits_on_redis_quota() {
+    let server = RedisServer::start();
+    let store = RedisStore::open(&server.url()).unwrap();
+    let q = Quota::per_second(20).unwrap().with_burst(1).unwrap();
+    let limiter = stormwall_ratelimit::Limiter::with_store("acquire", q, store);
+    for _ in 0..4 {
+        limiter
+            .acquire(&"k", 1, Duration::from_secs(2))
+            .await
+            .expect("admitted within the wait");
+    }
+    let d = limiter.decide(&"k", 1, CheckMode::Peek).await.unwrap();
+    assert!(d.remaining <= 1);
+    assert_eq!(limiter.store().stats().errors, 0);
+}

@@ -3,7 +3,10 @@
 //!
 //! The examples themselves live next to this crate: run them with `cargo run --example NAME`.
 
+pub mod axum_server;
 pub mod demo;
+pub mod hyper_client;
+pub mod tonic_client;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

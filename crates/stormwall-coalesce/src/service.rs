@@ -165,11 +165,13 @@ where
                     uri = %req.uri(),
                     "coalesce: leader, calling upstream"
                 );
+                let head = req.method() == http::Method::HEAD;
                 let fut = self.inner.call(req);
                 waiter.install(HttpUpstream::new(
                     fut,
                     config.max_body,
                     config.identity_in_key,
+                    head,
                 ));
                 ResponseFuture::waiting(waiter, None, config.timeout)
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, SET_COOKIE};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, SET_COOKIE};
 use http::{Response, StatusCode};
 use http_body::Body;
 use stormwall_core::response::{Buffer, BufferError, ResponseBody, SharedResponse};
@@ -53,14 +53,19 @@ pub(crate) struct HttpUpstream<F, RB> {
     state: CallState<F, RB>,
     max_body: usize,
     share_private: bool,
+    /// A `HEAD` request: the response has no body, whatever its `Content-Length` says.
+    head: bool,
+    head_length: Option<http::HeaderValue>,
 }
 
 impl<F, RB> HttpUpstream<F, RB> {
-    pub(crate) fn new(fut: F, max_body: usize, share_private: bool) -> Self {
+    pub(crate) fn new(fut: F, max_body: usize, share_private: bool, head: bool) -> Self {
         Self {
             state: CallState::Calling(Box::pin(fut)),
             max_body,
             share_private,
+            head,
+            head_length: None,
         }
     }
 }
@@ -123,13 +128,24 @@ where
                         let res = res.map(ResponseBody::inner);
                         return Poll::Ready(Ok(Outcome::Exclusive(res, why)));
                     }
+                    let mut res = res;
+                    if self.head {
+                        // The length of the body a GET would have: not a reason to refuse to
+                        // buffer the (empty) body. Put back once buffered.
+                        self.head_length = res.headers_mut().remove(CONTENT_LENGTH);
+                    }
                     self.state = CallState::Buffering(SharedResponse::buffer(res, self.max_body));
                 }
                 CallState::Buffering(buffer) => {
                     let res = ready!(Pin::new(buffer).poll(cx));
                     self.state = CallState::Finished;
                     return Poll::Ready(Ok(match res {
-                        Ok(shared) => Outcome::Shared(shared),
+                        Ok(shared) => match self.head_length.take() {
+                            Some(len) => Outcome::Shared(shared.map_headers(|h| {
+                                h.insert(CONTENT_LENGTH, len);
+                            })),
+                            None => Outcome::Shared(shared),
+                        },
                         Err(BufferError::TooLarge(res)) => {
                             Outcome::Exclusive(res, Exclusive::TooLarge)
                         }

@@ -236,6 +236,36 @@ async fn over_cap_body_goes_to_the_leader_and_waiters_reissue() {
     assert_eq!(stats.snapshot().reissued, 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_of_a_large_resource_is_still_coalesced() {
+    let (server, gate) = gated_server(big).await;
+    let layer = CoalesceLayer::new().max_body_bytes(1024);
+    let stats = layer.stats();
+    let svc = layer.layer(client());
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let req = Request::head(server.url("/big"))
+                .body(Full::default())
+                .unwrap();
+            let svc = svc.clone();
+            tokio::spawn(async move { svc.oneshot(req).await.unwrap() })
+        })
+        .collect();
+    wait_for("5 callers attached", || waiters(&stats) == 5).await;
+    open(&gate);
+    for t in join_all(tasks).await {
+        let res = t.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-length"], "10000");
+    }
+    assert_eq!(
+        server.calls(),
+        1,
+        "the declared length of a HEAD response is not a body"
+    );
+    assert_eq!(stats.snapshot().reissued, 0);
+}
+
 fn with_cookie(path: &str, call: u64) -> Response<Full<Bytes>> {
     let mut res = plain(path, call);
     res.headers_mut()

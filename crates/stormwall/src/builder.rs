@@ -1,6 +1,13 @@
 //! [`ServiceBuilderExt`]: one method per Stormwall layer on tower's `ServiceBuilder`.
 
 use tower::ServiceBuilder;
+#[cfg(any(
+    feature = "coalesce",
+    feature = "ratelimit",
+    feature = "circuit",
+    feature = "retry",
+    feature = "cache"
+))]
 use tower::layer::util::Stack;
 
 mod sealed {

@@ -301,13 +301,13 @@ fn map_circuit(err: CircuitBreakerError<Error>) -> Error {
     }
 }
 
-fn map_retry(err: RetryError<Error>) -> Error {
+fn map_retry(err: RetryError<BoxError>) -> Error {
     if err.is_attempt_timeout() || err.is_deadline() {
         return Error::timeout();
     }
     let text = err.to_string();
     match err.into_inner() {
-        Some(e) => e,
+        Some(e) => Error::from_box(e),
         None => Error::upstream_message(text),
     }
 }
@@ -351,7 +351,11 @@ where
             );
         }
         if let Some(retry) = &self.retry {
-            let inner = svc.map_request(|req: Request<RetryBody<Body>>| req.map(boxed));
+            // The retry layer classifies errors by walking their source chain (timeouts, connect
+            // errors), which it can do through a box but not through our concrete `Error`.
+            let inner = svc
+                .map_request(|req: Request<RetryBody<Body>>| req.map(boxed))
+                .map_err(|e: Error| -> BoxError { Box::new(e) });
             svc = BoxCloneSyncService::new(retry.layer(inner).map_err(map_retry));
         }
         if let Some(coalesce) = &self.coalesce {

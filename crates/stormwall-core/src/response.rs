@@ -128,7 +128,7 @@ impl SharedResponse {
             state: Some(BufferState {
                 parts,
                 body,
-                data: BytesMut::new(),
+                data: Chunks::Empty,
                 trailers: None,
             }),
             limit,
@@ -277,8 +277,59 @@ impl<B: Body> std::error::Error for BufferError<B> where B::Error: fmt::Debug + 
 struct BufferState<B> {
     parts: http::response::Parts,
     body: B,
-    data: BytesMut,
+    /// The body so far: one chunk is kept as it came (no copy); a second one starts a copy.
+    data: Chunks,
     trailers: Option<HeaderMap>,
+}
+
+/// The chunks read so far: most bodies arrive in one chunk, which is kept without copying.
+#[derive(Default)]
+enum Chunks {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Chunks {
+    fn len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::One(b) => b.len(),
+            Self::Many(b) => b.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(chunk),
+            Self::One(first) => {
+                let mut all = BytesMut::with_capacity(first.len() + chunk.len());
+                all.extend_from_slice(&first);
+                all.extend_from_slice(&chunk);
+                Self::Many(all)
+            }
+            Self::Many(mut all) => {
+                all.extend_from_slice(&chunk);
+                Self::Many(all)
+            }
+        };
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            Self::Empty => Bytes::new(),
+            Self::One(b) => b,
+            Self::Many(b) => b.freeze(),
+        }
+    }
 }
 
 /// The future returned by [`SharedResponse::buffer`].
@@ -349,8 +400,8 @@ where
                 }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(mut data) => {
-                        let chunk = data.copy_to_bytes(data.remaining());
-                        state.data.extend_from_slice(&chunk);
+                        // `copy_to_bytes` on `Bytes` is a cheap slice, not a copy.
+                        state.data.push(data.copy_to_bytes(data.remaining()));
                         if state.data.len() > limit {
                             let state = this.state.take().expect("state");
                             return Poll::Ready(Err(too_large(state)));
@@ -603,6 +654,20 @@ mod tests {
         assert_eq!(
             SharedResponse::buffer(res, 5).await.unwrap().body(),
             "12345"
+        );
+    }
+
+    #[tokio::test]
+    async fn single_chunk_is_not_copied() {
+        let original = Bytes::from(vec![3u8; 4096]);
+        let res = Response::new(Full::new(original.clone()));
+        let shared = SharedResponse::buffer(res, 1 << 20).await.unwrap();
+        assert_eq!(shared.body().as_ptr(), original.as_ptr());
+        // Two chunks are joined (a copy), in order.
+        let res = Response::new(frames(vec![b"ab", b"", b"cd"], None));
+        assert_eq!(
+            SharedResponse::buffer(res, 16).await.unwrap().body(),
+            "abcd"
         );
     }
 

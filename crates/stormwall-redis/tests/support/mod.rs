@@ -36,6 +36,18 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 /// A 3-master Redis Cluster on loopback (killed on drop).
 pub struct Cluster {
     pub nodes: Vec<RedisServer>,
+    confs: Vec<std::path::PathBuf>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        for c in &self.confs {
+            let _ = std::fs::remove_file(c);
+        }
+    }
 }
 
 impl Cluster {
@@ -44,11 +56,13 @@ impl Cluster {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos();
+        let mut confs = Vec::new();
         let nodes: Vec<RedisServer> = (0..3)
             .map(|i| {
                 let port = stormwall_tests::free_port();
                 let conf = std::env::temp_dir()
                     .join(format!("stormwall-redis-nodes-{port}-{stamp}-{i}.conf"));
+                confs.push(conf.clone());
                 RedisServer::start_with(
                     port,
                     &[
@@ -90,7 +104,7 @@ impl Cluster {
             );
             std::thread::park_timeout(Duration::from_millis(100));
         }
-        Self { nodes }
+        Self { nodes, confs }
     }
 
     pub fn urls(&self) -> Vec<String> {

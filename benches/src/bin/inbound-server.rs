@@ -4,6 +4,7 @@
 //! ```text
 //! inbound-server --port 8080            # bare axum
 //! inbound-server --port 8081 --stack    # axum behind InboundStack::standard()
+//! inbound-server --port 8082 --stack --without-cache
 //! ```
 //!
 //! With `--stack`, the per-IP limit is raised to 10⁹/s so that the load generator (one IP) is
@@ -23,12 +24,14 @@ use stormwall::ratelimit::{Limit, Quota, RateLimitLayer};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut port = 8080u16;
     let mut stack = false;
+    let mut without_cache = false;
     let mut seconds = 60u64;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--port" => port = args.next().and_then(|p| p.parse().ok()).unwrap_or(port),
             "--stack" => stack = true,
+            "--without-cache" => without_cache = true,
             "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds),
             other => return Err(format!("unknown argument {other}").into()),
         }
@@ -36,10 +39,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut app: Router = Router::new().route("/", get(|| async { "hello, world" }));
     if stack {
         let quota = Quota::per_second(1_000_000_000)?;
-        app = app.layer(
-            InboundStack::standard()
-                .rate_limit(RateLimitLayer::new(Limit::new("per-ip", PeerIp::new(), quota))),
-        );
+        let mut inbound = InboundStack::standard()
+            .rate_limit(RateLimitLayer::new(Limit::new("per-ip", PeerIp::new(), quota)));
+        if without_cache {
+            inbound = inbound.without_cache();
+        }
+        app = app.layer(inbound);
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let server = axum::serve(

@@ -12,7 +12,6 @@ use std::time::Duration;
 use stormwall_core::time::Instant;
 use stormwall_ratelimit::store::{CheckMode, LimitCheck, LimitId, LimitKey, Store};
 use stormwall_ratelimit::{Algorithm, InMemoryStore, Quota};
-use stormwall_redis::RedisStore;
 use stormwall_tests::redis::RedisServer;
 
 const ALGOS: [Algorithm; 5] = [
@@ -26,7 +25,7 @@ const ALGOS: [Algorithm; 5] = [
 #[tokio::test]
 async fn redis_and_in_memory_agree_on_every_algorithm_pair() {
     let server = RedisServer::start();
-    let redis = RedisStore::open(&server.url()).unwrap();
+    let redis = support::store(&server.url());
     let day = Duration::from_secs(86_400);
     let gq = Quota::new(20, day).unwrap();
     let uq = Quota::new(5, day).unwrap().with_burst(4).unwrap();

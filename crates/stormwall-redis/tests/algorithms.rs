@@ -9,7 +9,6 @@ use std::time::Duration;
 use stormwall_core::time::Instant;
 use stormwall_ratelimit::store::{CheckMode, LimitId, LimitKey, Store};
 use stormwall_ratelimit::{Algorithm, Quota};
-use stormwall_redis::RedisStore;
 use stormwall_tests::redis::RedisServer;
 use support::{check, cli};
 
@@ -24,7 +23,7 @@ const ALGOS: [Algorithm; 5] = [
 #[tokio::test]
 async fn every_algorithm_admits_its_quota_then_rejects() {
     let server = RedisServer::start();
-    let store = RedisStore::open(&server.url()).unwrap();
+    let store = support::store(&server.url());
     // A long period, so the test's own pace cannot refill anything. The fixed window and the
     // sliding counter are aligned on multiples of the period: a window boundary may pass
     // during the test, so they are checked over a 1-hour period.
@@ -83,7 +82,7 @@ async fn every_algorithm_admits_its_quota_then_rejects() {
 #[tokio::test]
 async fn gcra_retry_after_is_the_emission_interval() {
     let server = RedisServer::start();
-    let store = RedisStore::open(&server.url()).unwrap();
+    let store = support::store(&server.url());
     let limit = LimitId::new("gcra");
     let key = LimitKey::from_string("k");
     let q = Quota::new(2, Duration::from_secs(100)).unwrap();
@@ -116,7 +115,7 @@ async fn gcra_retry_after_is_the_emission_interval() {
 #[tokio::test]
 async fn multi_limit_is_all_or_nothing() {
     let server = RedisServer::start();
-    let store = RedisStore::open(&server.url()).unwrap();
+    let store = support::store(&server.url());
     let (global, user) = (LimitId::new("global"), LimitId::new("per-user"));
     let g = LimitKey::global();
     let (alice, bob) = (LimitKey::from_string("alice"), LimitKey::from_string("bob"));
@@ -175,7 +174,7 @@ async fn multi_limit_is_all_or_nothing() {
 #[tokio::test]
 async fn script_is_reloaded_after_flush_and_reset_forgets() {
     let server = RedisServer::start();
-    let store = RedisStore::open(&server.url()).unwrap();
+    let store = support::store(&server.url());
     let limit = LimitId::new("flush");
     let key = LimitKey::from_string("k");
     let q = Quota::new(1, Duration::from_secs(3600)).unwrap();
@@ -223,7 +222,7 @@ async fn script_is_reloaded_after_flush_and_reset_forgets() {
 #[tokio::test]
 async fn short_keys_expire_by_themselves() {
     let server = RedisServer::start();
-    let store = RedisStore::open(&server.url()).unwrap();
+    let store = support::store(&server.url());
     let limit = LimitId::new("ttl");
     let key = LimitKey::from_string("k");
     let q = Quota::new(1, Duration::from_secs(1)).unwrap();
@@ -271,7 +270,7 @@ async fn short_keys_expire_by_themselves() {
 #[tokio::test]
 async fn leaky_bucket_spaces_releases_by_server_time() {
     let server = RedisServer::start();
-    let store = RedisStore::open(&server.url()).unwrap();
+    let store = support::store(&server.url());
     let limit = LimitId::new("shaper");
     let key = LimitKey::from_string("k");
     let q = Quota::per_second(1).unwrap().with_burst(3).unwrap();
@@ -308,7 +307,7 @@ async fn leaky_bucket_spaces_releases_by_server_time() {
 #[tokio::test]
 async fn limiter_acquire_waits_on_redis_quota() {
     let server = RedisServer::start();
-    let store = RedisStore::open(&server.url()).unwrap();
+    let store = support::store(&server.url());
     let q = Quota::per_second(20).unwrap().with_burst(1).unwrap();
     let limiter = stormwall_ratelimit::Limiter::with_store("acquire", q, store);
     for _ in 0..4 {

@@ -30,8 +30,10 @@ async fn serve(router: Router) -> SocketAddr {
 }
 
 fn instance(url: &str, failure: FailurePolicy) -> (Router, RateLimitLayer<RedisStore>) {
+    // A generous timeout: the first request connects and loads the script on a possibly
+    // loaded box. (A killed Redis refuses connections at once: no wait on it.)
     let store = RedisStore::builder()
-        .timeout(Duration::from_millis(50))
+        .timeout(Duration::from_millis(500))
         .connect(url)
         .unwrap();
     let layer = RateLimitLayer::with_store(

@@ -27,7 +27,7 @@ fn metrics_are_recorded_under_their_documented_names() {
             .unwrap();
         rt.block_on(async {
             let store = RedisStore::builder()
-                .timeout(Duration::from_millis(50))
+                .timeout(Duration::from_secs(2))
                 .on_failure(OnFailure::Local { instances: 2 })
                 // A long backoff: no probe during the test, so the counts are exact.
                 .circuit(3, Duration::from_secs(30), Duration::from_secs(30))

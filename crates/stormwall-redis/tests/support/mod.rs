@@ -134,3 +134,12 @@ impl Cluster {
         panic!("no node owns slot {slot}");
     }
 }
+
+/// A store for functional tests: a generous timeout, so a loaded box (first connection,
+/// script load) cannot turn a decision into a timeout. Latency bounds are the fault tests'.
+pub fn store(url: &str) -> stormwall_redis::RedisStore {
+    stormwall_redis::RedisStore::builder()
+        .timeout(Duration::from_secs(2))
+        .connect(url)
+        .unwrap()
+}

@@ -45,6 +45,9 @@
 //!   so instances with skewed clocks agree. Quota intervals and periods are rounded **up** to
 //!   the microsecond (never more generous than the quota). Numbers stay exact in Lua's doubles
 //!   while `burst × interval` and `limit × period` stay below 2^53 µs (about 285 years).
+//!   The fixed window and the sliding counter are aligned on multiples of the period since the
+//!   Unix epoch of Redis' clock (every instance sees the same windows; the in-memory store
+//!   aligns them on its own creation instead).
 //! - **Keys.** `{<tag>}:<limit>:<key>:<algorithm>`, with one `{hash tag}` per check so the
 //!   script's keys live in one cluster slot: see [`KeyTag`] for the choice (and its trade-off
 //!   between exactness of multi-limit checks and spreading keys over the cluster). Keys longer

@@ -94,7 +94,8 @@ fn hit(c: &mut Criterion) {
             let svc = $svc;
             assert_eq!(rt.block_on(fetch(&svc, url)), BODY.len());
             g.bench_function($name, |b| {
-                b.to_async(&rt).iter(|| async { black_box(fetch(&svc, url).await) })
+                b.to_async(&rt)
+                    .iter(|| async { black_box(fetch(&svc, url).await) })
             });
         }};
     }

@@ -6,9 +6,9 @@
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::future::{Ready, ready};
 use std::hint::black_box;
-use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -18,9 +18,8 @@ use circuit_tower::{Layer, Service, service_fn};
 use criterion::{Criterion, criterion_group, criterion_main};
 use stormwall::circuit::{Breaker, BreakerConfig, CircuitBreakerLayer, Window};
 
-type Inner = circuit_tower::util::ServiceFn<
-    fn(Request<()>) -> Ready<Result<Response<()>, Infallible>>,
->;
+type Inner =
+    circuit_tower::util::ServiceFn<fn(Request<()>) -> Ready<Result<Response<()>, Infallible>>>;
 
 fn inner() -> Inner {
     fn handler(_req: Request<()>) -> Ready<Result<Response<()>, Infallible>> {

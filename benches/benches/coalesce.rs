@@ -91,7 +91,9 @@ fn unique_keys(c: &mut Criterion) {
     g.bench_function("baseline: HTTP service alone", |b| {
         b.to_async(&rt).iter(|| async move {
             let k = next.fetch_add(1, Ordering::Relaxed);
-            let req = Request::get(format!("http://api/users/{k}")).body(()).unwrap();
+            let req = Request::get(format!("http://api/users/{k}"))
+                .body(())
+                .unwrap();
             black_box(http_inner.oneshot(req).await)
         })
     });
@@ -100,7 +102,9 @@ fn unique_keys(c: &mut Criterion) {
     g.bench_function("stormwall CoalesceLayer (HTTP)", |b| {
         b.to_async(&rt).iter(|| async move {
             let k = next.fetch_add(1, Ordering::Relaxed);
-            let req = Request::get(format!("http://api/users/{k}")).body(()).unwrap();
+            let req = Request::get(format!("http://api/users/{k}"))
+                .body(())
+                .unwrap();
             black_box(http.clone().oneshot(req).await)
         })
     });
@@ -196,8 +200,9 @@ fn memory_per_waiter() {
     );
     keep.push(Box::new((group, futs)));
 
-    let sw = CoalesceLayer::generic(key_fn(|k: &u64| Ok::<_, KeyError>(*k)))
-        .layer(service_fn(|_k: u64| std::future::pending::<Result<u64, Infallible>>()));
+    let sw = CoalesceLayer::generic(key_fn(|k: &u64| Ok::<_, KeyError>(*k))).layer(service_fn(
+        |_k: u64| std::future::pending::<Result<u64, Infallible>>(),
+    ));
     let before = rss();
     let mut futs: Vec<_> = (0..N).map(|_| Box::pin(sw.clone().oneshot(1))).collect();
     poll_all(&mut cx, &mut futs);
@@ -222,8 +227,10 @@ fn memory_per_waiter() {
     );
     keep.push(Box::new(futs));
 
-    let tr = tower_resilience_coalesce::CoalesceLayer::new(|k: &u64| *k)
-        .layer(service_fn(|_k: u64| std::future::pending::<Result<u64, Infallible>>()));
+    let tr =
+        tower_resilience_coalesce::CoalesceLayer::new(|k: &u64| *k).layer(service_fn(|_k: u64| {
+            std::future::pending::<Result<u64, Infallible>>()
+        }));
     let before = rss();
     let mut futs: Vec<_> = (0..N).map(|_| Box::pin(tr.clone().oneshot(1))).collect();
     poll_all(&mut cx, &mut futs);

@@ -35,7 +35,9 @@ fn decisions(c: &mut Criterion) {
         b.iter(|| black_box(ours.try_acquire(1).is_ok()))
     });
     let gov = governor::RateLimiter::direct(gov_huge());
-    g.bench_function("governor direct", |b| b.iter(|| black_box(gov.check().is_ok())));
+    g.bench_function("governor direct", |b| {
+        b.iter(|| black_box(gov.check().is_ok()))
+    });
 
     // What the clock read costs (tokio's Instant, the one the layers must use).
     g.bench_function("clock: tokio::time::Instant::now()", |b| {
@@ -84,7 +86,8 @@ fn decisions(c: &mut Criterion) {
     g.finish();
 }
 
-type Inner = circuit_tower::util::ServiceFn<fn(Request<Body>) -> Ready<Result<Response<Body>, Infallible>>>;
+type Inner =
+    circuit_tower::util::ServiceFn<fn(Request<Body>) -> Ready<Result<Response<Body>, Infallible>>>;
 
 fn inner() -> Inner {
     fn ok(_: Request<Body>) -> Ready<Result<Response<Body>, Infallible>> {

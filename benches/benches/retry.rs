@@ -78,8 +78,10 @@ impl Clone for CloneReq {
 fn req() -> Request<String> {
     let mut r = Request::new(String::new());
     *r.uri_mut() = circuit_http::Uri::from_static("http://upstream.test/items/42");
-    r.headers_mut()
-        .insert("accept", circuit_http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        "accept",
+        circuit_http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -107,14 +109,16 @@ fn no_retry_path(c: &mut Criterion) {
         let svc = layer.layer(AlwaysOk);
         b.to_async(&rt).iter(|| {
             let mut svc = svc.clone();
-            async move { black_box(
+            async move {
+                black_box(
                     ServiceExt::<Request<String>>::ready(&mut svc)
                         .await
                         .unwrap()
                         .call(req())
                         .await
                         .unwrap(),
-                ) }
+                )
+            }
         })
     });
 
@@ -127,14 +131,16 @@ fn no_retry_path(c: &mut Criterion) {
         let svc = layer.layer(AlwaysOk);
         b.to_async(&rt).iter(|| {
             let mut svc = svc.clone();
-            async move { black_box(
+            async move {
+                black_box(
                     ServiceExt::<Request<String>>::ready(&mut svc)
                         .await
                         .unwrap()
                         .call(req())
                         .await
                         .unwrap(),
-                ) }
+                )
+            }
         })
     });
 
@@ -142,22 +148,25 @@ fn no_retry_path(c: &mut Criterion) {
         let svc = TowerRetryLayer::new(Trivial).layer(AlwaysOk);
         b.to_async(&rt).iter(|| {
             let mut svc = svc.clone();
-            async move { black_box(
+            async move {
+                black_box(
                     ServiceExt::<Request<String>>::ready(&mut svc)
                         .await
                         .unwrap()
                         .call(req())
                         .await
                         .unwrap(),
-                ) }
+                )
+            }
         })
     });
 
     g.bench_function("tower-resilience-retry", |b| {
-        let layer = tower_resilience_retry::RetryLayer::<CloneReq, Response<()>, Infallible>::builder()
-            .max_attempts(3)
-            .exponential_backoff(Duration::from_millis(100))
-            .build();
+        let layer =
+            tower_resilience_retry::RetryLayer::<CloneReq, Response<()>, Infallible>::builder()
+                .max_attempts(3)
+                .exponential_backoff(Duration::from_millis(100))
+                .build();
         let svc = layer.layer(AlwaysOk);
         b.to_async(&rt).iter(|| {
             let mut svc = svc.clone();

@@ -40,8 +40,9 @@ fn bench(c: &mut Criterion) {
         });
     });
     let quota = Quota::per_second(1_000_000_000).expect("quota");
-    let standard = OutboundStack::standard("bench")
-        .rate_limit(RateLimitLayer::new(Limit::global("bench", quota)).wait(Duration::from_secs(1)));
+    let standard = OutboundStack::standard("bench").rate_limit(
+        RateLimitLayer::new(Limit::global("bench", quota)).wait(Duration::from_secs(1)),
+    );
     let stacks = [
         ("standard stack (all six stages)", standard),
         (
@@ -50,7 +51,9 @@ fn bench(c: &mut Criterion) {
         ),
         (
             "retry + breaker + timeout only",
-            OutboundStack::standard("bench").without_cache().without_coalesce(),
+            OutboundStack::standard("bench")
+                .without_cache()
+                .without_coalesce(),
         ),
     ];
     for (name, stack) in stacks {

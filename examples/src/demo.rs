@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::{ApiConfig, DemoApi, Flags, Outcome, ScenarioResult, measure, print_table, write_svg};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
@@ -11,9 +12,6 @@ use hyper_util::rt::TokioExecutor;
 use stormwall::OutboundStack;
 use stormwall::body::Body;
 use stormwall::ratelimit::{Limit, Quota, RateLimitLayer};
-use crate::{
-    ApiConfig, DemoApi, Flags, Outcome, ScenarioResult, measure, print_table, write_svg,
-};
 use tower::{Layer, Service, ServiceExt};
 
 /// The examples' error type.
@@ -114,7 +112,6 @@ fn scenarios(flags: &Flags) -> Vec<Scenario> {
         },
     ]
 }
-
 
 /// Runs every scenario without and with Stormwall, prints the tables (unless `--json`), writes
 /// the SVG chart and returns the measurements (without, with) per scenario.

@@ -25,7 +25,11 @@ async fn demo_scenarios_hold_their_promises() {
 
     // 50 concurrent requests for one user: the API allows 10.
     let without = find(&all, "one user", "without");
-    assert_eq!((without.successes, without.throttled), (10, 40), "{without:?}");
+    assert_eq!(
+        (without.successes, without.throttled),
+        (10, 40),
+        "{without:?}"
+    );
     let with = find(&all, "one user", "with");
     assert_eq!((with.successes, with.upstream_calls), (50, 1), "{with:?}");
 

@@ -39,8 +39,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut app: Router = Router::new().route("/", get(|| async { "hello, world" }));
     if stack {
         let quota = Quota::per_second(1_000_000_000)?;
-        let mut inbound = InboundStack::standard()
-            .rate_limit(RateLimitLayer::new(Limit::new("per-ip", PeerIp::new(), quota)));
+        let mut inbound = InboundStack::standard().rate_limit(RateLimitLayer::new(Limit::new(
+            "per-ip",
+            PeerIp::new(),
+            quota,
+        )));
         if without_cache {
             inbound = inbound.without_cache();
         }

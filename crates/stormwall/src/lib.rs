@@ -139,4 +139,4 @@ mod stack;
 pub use builder::ServiceBuilderExt;
 pub use error::{Error, ErrorKind};
 #[cfg(feature = "full")]
-pub use stack::{Inbound, InboundStack, Outbound, OutboundStack};
+pub use stack::{Inbound, InboundStack, Outbound, OutboundStack, StackService};

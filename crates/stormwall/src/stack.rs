@@ -370,38 +370,7 @@ where
         if let Some(cache) = &self.cache {
             svc = BoxCloneSyncService::new(cache.layer(svc).map_response(|res| res.map(boxed)));
         }
-        Outbound { inner: svc }
-    }
-}
-
-/// The service an [`OutboundStack`] builds: takes requests with any `Bytes` body, answers
-/// with [`Body`], fails with [`Error`]. Cheap to clone; clones share every layer's state.
-#[derive(Clone)]
-pub struct Outbound {
-    inner: Boxed<Error>,
-}
-
-impl fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Outbound").finish_non_exhaustive()
-    }
-}
-
-impl<B> Service<Request<B>> for Outbound
-where
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    type Response = Response<Body>;
-    type Error = Error;
-    type Future = <Boxed<Error> as Service<Request<Body>>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<B>) -> Self::Future {
-        self.inner.call(req.map(boxed))
+        StackService { inner: svc }
     }
 }
 
@@ -594,7 +563,7 @@ where
         if let Some(limit) = &self.rate_limit {
             svc = BoxCloneSyncService::new(limit.layer(svc).map_response(|res| res.map(boxed)));
         }
-        Inbound { inner: svc }
+        StackService { inner: svc }
     }
 }
 
@@ -632,29 +601,38 @@ where
     }
 }
 
-/// The service an [`InboundStack`] builds: takes requests with any `Bytes` body (axum's
-/// included), answers with [`Body`], never fails.
+/// The service a standard stack builds: takes requests with any `Bytes` body (hyper's, axum's,
+/// tonic's), answers with [`Body`]. Cheap to clone; clones share every layer's state.
+///
+/// See [`Outbound`] and [`Inbound`].
 #[derive(Clone)]
-pub struct Inbound {
-    inner: Boxed<Infallible>,
+pub struct StackService<E> {
+    inner: Boxed<E>,
 }
 
-impl fmt::Debug for Inbound {
+/// The service an [`OutboundStack`] builds: fails with one [`Error`] type.
+pub type Outbound = StackService<Error>;
+
+/// The service an [`InboundStack`] builds: never fails (rejections are responses).
+pub type Inbound = StackService<Infallible>;
+
+impl<E> fmt::Debug for StackService<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Inbound").finish_non_exhaustive()
+        f.debug_struct("StackService").finish_non_exhaustive()
     }
 }
 
-impl<B> Service<Request<B>> for Inbound
+impl<B, E> Service<Request<B>> for StackService<E>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
+    E: 'static,
 {
     type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = <Boxed<Infallible> as Service<Request<Body>>>::Future;
+    type Error = E;
+    type Future = <Boxed<E> as Service<Request<Body>>>::Future;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
         self.inner.poll_ready(cx)
     }
 

@@ -6,6 +6,7 @@
 pub mod axum_server;
 pub mod demo;
 pub mod hyper_client;
+pub mod redis_shared_limit;
 pub mod tonic_client;
 
 use std::convert::Infallible;

@@ -135,7 +135,7 @@ async fn get(client: Outbound, url: String) -> String {
         Err(e) if e.is_rate_limited() => "error: rate limited".to_owned(),
         Err(e) if e.is_circuit_open() => "error: circuit open".to_owned(),
         Err(e) if e.is_timeout() => "error: timeout".to_owned(),
-        Err(_) => "error: upstream".to_owned(),
+        Err(e) => format!("error: {e}"),
     }
 }
 

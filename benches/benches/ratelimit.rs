@@ -110,7 +110,7 @@ fn layers(c: &mut Criterion) {
 
     let bare = inner();
     g.bench_function("no limiter (baseline)", |b| {
-        b.to_async(&rt).iter(|| bare.clone().oneshot(req()))
+        b.to_async(&rt).iter(|| bare.oneshot(req()))
     });
 
     let ours = RateLimitLayer::new(Limit::global("global", huge())).layer(inner());

@@ -7,6 +7,8 @@
 //! (a flight of one), retry (one attempt, budget deposit), breaker (closed), rate limiter (an
 //! admitted GCRA decision) and the attempt timeout, plus one boxed stage each.
 
+#![allow(missing_docs)] // criterion_group! generates an undocumented function
+
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("outbound_stack");
     group.bench_function("bare service", |b| {
         b.to_async(&rt).iter(|| {
-            let svc = bare.clone();
+            let svc = bare;
             async move {
                 let req = Request::get("http://api.example/users/1")
                     .body(stormwall::body::boxed(Full::new(Bytes::new())))
@@ -57,7 +59,7 @@ fn bench(c: &mut Criterion) {
         ),
     ];
     for (name, stack) in stacks {
-        let svc = stack.layer(bare.clone());
+        let svc = stack.layer(bare);
         group.bench_function(name, |b| {
             b.to_async(&rt).iter(|| {
                 let svc = svc.clone();
@@ -74,9 +76,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(
-    /// The whole-stack benches.
-    benches,
-    bench
-);
+criterion_group!(benches, bench);
 criterion_main!(benches);

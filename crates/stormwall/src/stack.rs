@@ -279,7 +279,7 @@ impl OutboundStack {
             lines.push(format!("retry:     {:?}", r.stats()));
         }
         if let Some(c) = &self.circuit {
-            lines.push(format!("circuit:   {:?}", c.stats()));
+            lines.push(format!("circuit:   {:?}", c.stats().snapshot()));
         }
         if let Some(r) = &self.rate_limit {
             lines.push(format!("ratelimit: {:?}", r.stats()));
@@ -605,9 +605,16 @@ where
 /// tonic's), answers with [`Body`]. Cheap to clone; clones share every layer's state.
 ///
 /// See [`Outbound`] and [`Inbound`].
-#[derive(Clone)]
 pub struct StackService<E> {
     inner: Boxed<E>,
+}
+
+impl<E> Clone for StackService<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 /// The service an [`OutboundStack`] builds: fails with one [`Error`] type.

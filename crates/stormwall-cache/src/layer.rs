@@ -185,6 +185,14 @@ impl CacheLayer {
         heuristic_max(max: Duration) |c: &mut Config| c.rules.heuristic_max = max
     }
     setter! {
+        /// Shared mode: key stored responses on the forwarding headers
+        /// ([`FORWARDING_HEADERS`](crate::FORWARDING_HEADERS): `X-Forwarded-Host`,
+        /// `X-Original-URL`, …) as if every response varied on them (default on), so that a
+        /// request with a forged value is never served to anyone else. Turn off only if no
+        /// origin behind the cache reflects these headers.
+        key_forwarding_headers(yes: bool) |c: &mut Config| c.rules.key_forwarding_headers = yes
+    }
+    setter! {
         /// Scheme assumed for requests whose URI has none (inbound; default `http`).
         https(yes: bool) |c: &mut Config| c.rules.default_scheme = if yes { "https" } else { "http" }
     }

@@ -131,6 +131,7 @@ mod store;
 pub use directives::{RequestDirectives, ResponseDirectives};
 pub use future::ResponseFuture;
 pub use layer::{CacheHandle, CacheLayer, Candidate};
+pub use policy::FORWARDING_HEADERS;
 pub use service::Cache;
 pub use stats::CacheStats;
 pub use store::{Entry, MemoryStore, READ_SAMPLE, Store, Variants};

@@ -25,7 +25,26 @@ pub(crate) struct Rules {
     pub(crate) default_swr: Duration,
     pub(crate) default_sie: Duration,
     pub(crate) default_scheme: &'static str,
+    /// Shared mode: treat the unkeyed forwarding headers as if every response varied on them.
+    pub(crate) key_forwarding_headers: bool,
 }
+
+/// Request headers that commonly change what an origin renders (reflected links, redirects,
+/// routing) without being part of the URL: in shared mode the cache keys on them as if every
+/// response carried `Vary` for them, so a request carrying a forged value can only ever be
+/// served its own response (cache-poisoning defence). Requests without them share one entry,
+/// and a proxy that sets them consistently keeps one entry per value.
+pub const FORWARDING_HEADERS: [&str; 9] = [
+    "x-forwarded-host",
+    "x-forwarded-scheme",
+    "x-forwarded-proto",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-host",
+    "x-original-url",
+    "x-rewrite-url",
+    "forwarded",
+];
 
 impl Default for Rules {
     fn default() -> Self {
@@ -37,6 +56,7 @@ impl Default for Rules {
             default_swr: Duration::ZERO,
             default_sie: Duration::ZERO,
             default_scheme: "http",
+            key_forwarding_headers: true,
         }
     }
 }
@@ -281,6 +301,29 @@ fn combined_value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
         }
     }
     out
+}
+
+/// The secondary key of a stored response under `rules`: its `Vary`, plus the forwarding
+/// headers in shared mode (see [`FORWARDING_HEADERS`]).
+pub(crate) fn secondary_key(
+    rules: &Rules,
+    res_headers: &HeaderMap,
+    req_headers: &HeaderMap,
+) -> VaryKey {
+    let mut key = vary_key(res_headers, req_headers);
+    if rules.shared
+        && rules.key_forwarding_headers
+        && let VaryKey::Fields(fields) = &mut key
+    {
+        for name in FORWARDING_HEADERS {
+            let name = HeaderName::from_static(name);
+            if !fields.iter().any(|(n, _)| *n == name) {
+                let value = combined_value(req_headers, &name);
+                fields.push((name, value));
+            }
+        }
+    }
+    key
 }
 
 /// Builds the secondary key for a response's `Vary` against the request that produced it.
@@ -852,6 +895,34 @@ mod tests {
             ),
             Err(NotStorable::VaryStar)
         );
+    }
+
+    #[test]
+    fn shared_mode_keys_on_forwarding_headers() {
+        let shared = Rules {
+            shared: true,
+            ..Rules::default()
+        };
+        let poisoned = h(&[("x-forwarded-host", "evil.example")]);
+        let key = secondary_key(&shared, &HeaderMap::new(), &poisoned);
+        assert!(key.matches(&poisoned));
+        assert!(
+            !key.matches(&HeaderMap::new()),
+            "a plain request must not get the forged page"
+        );
+        let plain = secondary_key(&shared, &HeaderMap::new(), &HeaderMap::new());
+        assert!(plain.matches(&HeaderMap::new()));
+        assert!(!plain.matches(&poisoned));
+        // Private caches serve one user: nothing implicit.
+        let private = secondary_key(&Rules::default(), &HeaderMap::new(), &poisoned);
+        assert!(private.matches(&HeaderMap::new()));
+        // Opting out restores plain RFC 9111 behaviour.
+        let off = Rules {
+            shared: true,
+            key_forwarding_headers: false,
+            ..Rules::default()
+        };
+        assert!(secondary_key(&off, &HeaderMap::new(), &poisoned).matches(&HeaderMap::new()));
     }
 
     // §4: primary key.

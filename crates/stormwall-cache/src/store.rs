@@ -55,7 +55,7 @@ impl Entry {
         let corrected_initial_age =
             policy::corrected_initial_age(headers, request_time, response_time, response_system);
         Self {
-            vary: policy::vary_key(headers, request_headers),
+            vary: policy::secondary_key(rules, headers, request_headers),
             directives,
             freshness: Freshness {
                 response_time,

@@ -7,13 +7,24 @@ use stormwall_core::key::{KeyError, KeyExtractor};
 /// The request headers that select a different response, in the default key.
 ///
 /// `Authorization` and `Cookie` are the identity headers: with them in the key, two users are
-/// never merged.
-pub const KEY_HEADERS: [HeaderName; 5] = [
+/// never merged. The forwarding headers (`X-Forwarded-Host`, `X-Original-URL`, `Forwarded`, …)
+/// are in the key too: origins often reflect them into the page, so a request carrying a
+/// forged value must never share its response with anyone else (cache-poisoning defence).
+pub const KEY_HEADERS: [HeaderName; 14] = [
     ACCEPT,
     ACCEPT_ENCODING,
     ACCEPT_LANGUAGE,
     AUTHORIZATION,
     COOKIE,
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("forwarded"),
 ];
 
 /// The default key of [`CoalesceLayer`](crate::CoalesceLayer): method, full URI (scheme,

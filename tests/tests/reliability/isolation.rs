@@ -217,12 +217,13 @@ async fn poison(
 ///
 /// - origin **with** `Vary` on the reflected headers: no victim is poisoned, sequentially or
 ///   concurrently (asserted);
-/// - origin **without** `Vary` (the origin's bug; RFC 9111 lets a cache store it): the page is
-///   poisoned for everyone until it expires — printed, see RELIABILITY.md finding F4;
+/// - origin **without** `Vary` (the origin's bug; RFC 9111 lets a cache store it): no victim is
+///   poisoned either, because the shared cache keys on the forwarding headers and the coalescer
+///   has them in its key (finding F4, fixed; asserted);
 /// - the same origin behind a cache whose store predicate refuses requests carrying the
 ///   forwarding headers: no victim is poisoned (asserted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unkeyed_header_poisoning_is_measured() {
+async fn unkeyed_header_poisoning_never_reaches_other_users() {
     let server = TestServer::start(origin).await;
     let stack = OutboundStack::new()
         .cache(CacheLayer::shared())
@@ -261,5 +262,9 @@ async fn unkeyed_header_poisoning_is_measured() {
     assert!(
         !guarded.sequential && guarded.concurrent == 0,
         "the store predicate did not keep the attacker's page out: {guarded:?}"
+    );
+    assert!(
+        !plain.sequential && plain.concurrent == 0,
+        "F4: a forged forwarding header poisoned other users without Vary: {plain:?}"
     );
 }

@@ -25,6 +25,8 @@ mod hostile_headers;
 #[cfg(feature = "full")]
 mod isolation;
 #[cfg(feature = "full")]
+mod key_flood;
+#[cfg(feature = "full")]
 mod outage;
 #[cfg(feature = "full")]
 mod overload;

@@ -451,15 +451,18 @@ pub fn write_svg(
         .max()
         .unwrap_or(1)
         .max(2);
-    let max_y = series
+    let peak = series
         .iter()
         .flat_map(|(_, s)| s.iter().copied())
         .max()
         .unwrap_or(1)
-        .max(limit_per_100ms.ceil() as u32)
         .max(1) as f64;
+    // Keep the limit readable: a burst far above it is clipped and labelled with its value.
+    let max_y = peak
+        .min((limit_per_100ms * 12.0).max(12.0))
+        .max(limit_per_100ms.ceil());
     let x = |i: usize| LEFT + (W - LEFT - RIGHT) * i as f64 / (max_len - 1) as f64;
-    let y = |v: f64| TOP + (H - TOP - BOTTOM) * (1.0 - v / max_y);
+    let y = |v: f64| TOP + (H - TOP - BOTTOM) * (1.0 - v.min(max_y) / max_y);
     let mut svg = String::new();
     svg.push_str(&format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n"
@@ -473,9 +476,10 @@ pub fn write_svg(
         escape(title)
     ));
     // Axes and grid.
-    let steps = 5;
-    for k in 0..=steps {
-        let v = max_y * k as f64 / steps as f64;
+    // Gridlines on whole numbers: a step of ceil(max / 6).
+    let step = (max_y / 6.0).ceil().max(1.0);
+    let mut v = 0.0;
+    while v <= max_y + f64::EPSILON {
         let yy = y(v);
         svg.push_str(&format!(
             "<line x1=\"{LEFT}\" y1=\"{yy:.1}\" x2=\"{:.1}\" y2=\"{yy:.1}\" stroke=\"#ddd\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
@@ -483,6 +487,7 @@ pub fn write_svg(
             LEFT - 6.0,
             yy + 4.0
         ));
+        v += step;
     }
     let seconds = (max_len as f64 / 10.0).ceil() as usize;
     let tick = (seconds / 10).max(1);
@@ -532,6 +537,15 @@ pub fn write_svg(
             "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\n",
             points.join(" ")
         ));
+        for (i, v) in values.iter().enumerate() {
+            if f64::from(*v) > max_y {
+                svg.push_str(&format!(
+                    "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">&#9650; {v} (clipped)</text>\n",
+                    x(i) + 4.0,
+                    y(max_y) + 12.0 + 14.0 * n as f64
+                ));
+            }
+        }
         let ly = TOP + 20.0 + 20.0 * n as f64;
         svg.push_str(&format!(
             "<line x1=\"{:.1}\" y1=\"{ly:.1}\" x2=\"{:.1}\" y2=\"{ly:.1}\" stroke=\"{color}\" stroke-width=\"3\"/>\n<text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",

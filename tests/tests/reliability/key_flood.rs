@@ -36,6 +36,11 @@ use crate::extended;
 /// Slack over the cap allowed by the store's docs: one per thread inserting at once.
 const SLACK: usize = 16;
 
+/// Serializes the tests of this suite that measure resident memory (the key floods and the
+/// soak), so that one's allocations do not show in another's figures.
+pub(crate) static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Resident memory of this process (`/proc/self/statm`), in bytes.
 pub(crate) fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -116,6 +121,7 @@ async fn call(client: &HttpClient, addr: SocketAddr, ip: IpAddr, key: &str) -> (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_key_flood_through_trusted_proxies_stays_under_the_cap() {
+    let _serial = MEMORY.lock().await;
     let store = InMemoryStore::new().max_keys(HTTP_CAP);
     let quota = Quota::per_hour(5).unwrap();
     let trusted = TrustedProxies::cidrs(["127.0.0.0/8"]).unwrap();
@@ -265,6 +271,7 @@ fn store_flood_size() -> u64 {
 
 #[test]
 fn store_key_flood_with_random_ips_is_bounded_at_about_56_bytes_per_key() {
+    let _serial = MEMORY.blocking_lock();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()

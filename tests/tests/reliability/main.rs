@@ -30,6 +30,8 @@ mod key_flood;
 mod outage;
 #[cfg(feature = "full")]
 mod overload;
+#[cfg(feature = "full")]
+mod soak;
 mod spoofing;
 
 /// Whether the extended (long) variants run.

@@ -380,3 +380,79 @@ fn config_errors_exit_2_naming_the_field_and_line() {
     let out = Command::new(BIN).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The proxy's peak resident memory (`VmHWM`) in KiB, from `/proc`.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn large_request_body_is_streamed_not_buffered() {
+    // The origin counts the bytes frame by frame without keeping them.
+    let origin = TestServer::start(|req: Request<Incoming>| async move {
+        let mut body = req.into_body();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => total += frame.data_ref().map_or(0, Bytes::len),
+                Err(_) => break,
+            }
+        }
+        stormwall_tests::http::ok(total.to_string())
+    })
+    .await;
+    let proxy = Proxy::start(origin.addr(), "").await;
+    let size = if std::env::var_os("STORMWALL_EXTENDED").is_some() {
+        100 << 20
+    } else {
+        64 << 20
+    };
+    let before = peak_rss_kib(proxy.child.id()).expect("VmHWM");
+    let body = Bytes::from(vec![b'x'; size]);
+    let (res, echoed) = send(
+        Request::put(proxy.url("/upload"))
+            .body(Full::new(body))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(echoed, size.to_string());
+    let after = peak_rss_kib(proxy.child.id()).expect("VmHWM");
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < (size >> 20) as u64 / 2,
+        "the proxy's peak memory grew by {grown_mib} MiB for a {} MiB body",
+        size >> 20
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::start(origin.addr(), "").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let res = tokio::time::timeout(
+        Duration::from_secs(20),
+        h2.request(
+            Request::get(proxy.url("/h2?q=1"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.starts_with("GET /h2?q=1\n"), "{text}");
+    assert!(
+        text.contains(&format!("host=\"{}\"", proxy.listen)),
+        "Forwarded host from the :authority: {text}"
+    );
+}

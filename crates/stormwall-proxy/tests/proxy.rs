@@ -456,3 +456,71 @@ async fn http2_clients_are_served() {
         "Forwarded host from the :authority: {text}"
     );
 }
+
+#[tokio::test]
+async fn inbound_cache_serves_repeats_with_cache_status() {
+    let origin = TestServer::start(|_req: Request<Incoming>| async {
+        let mut res = stormwall_tests::http::ok("cacheable");
+        res.headers_mut().insert(
+            "cache-control",
+            http::HeaderValue::from_static("public, max-age=60"),
+        );
+        res
+    })
+    .await;
+    let proxy = Proxy::start(
+        origin.addr(),
+        "[inbound]\nstandard = false\n[inbound.cache]\nmax_bytes = 1048576\n",
+    )
+    .await;
+    let (first, body) = get(&proxy.url("/doc")).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(&body[..], b"cacheable");
+    let (second, body) = get(&proxy.url("/doc")).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(&body[..], b"cacheable");
+    assert_eq!(origin.calls(), 1, "the repeat was served from the cache");
+    let status = second
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(status.contains("hit"), "Cache-Status: {status:?}");
+}
+
+#[tokio::test]
+async fn outbound_breaker_opens_on_a_failing_origin() {
+    let origin = TestServer::start(|_req: Request<Incoming>| async {
+        let mut res = stormwall_tests::http::ok("broken");
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        res
+    })
+    .await;
+    let proxy = Proxy::start(
+        origin.addr(),
+        "[outbound]\npreset = \"none\"\n[outbound.circuit]\nwindow_calls = 4\nminimum_calls = 2\n\
+         failure_rate = 0.5\nwait = \"60s\"\n",
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (res, _) = get(&proxy.url("/fail")).await;
+        statuses.push(res.status());
+    }
+    assert_eq!(
+        statuses[0],
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::BAD_GATEWAY),
+        "the open breaker fails fast: {statuses:?}"
+    );
+    assert!(
+        origin.calls() < 8,
+        "the open breaker spared the origin: {}",
+        origin.calls()
+    );
+}

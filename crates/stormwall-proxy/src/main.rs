@@ -59,7 +59,8 @@
 //! SIGTERM or SIGINT stops accepting connections and lets in-flight requests finish for up to
 //! `shutdown_timeout`; the process then exits with code 0. Logs go to stderr through
 //! `tracing-subscriber`, filtered by `RUST_LOG` (default `info`): one line per request with
-//! the method, path, status and duration.
+//! the method, path, status, duration, the `Cache-Status` value (when the cache answered)
+//! and the inbound limiter's decision (`limiter=rejected` when it answered 429).
 
 mod admin;
 mod config;

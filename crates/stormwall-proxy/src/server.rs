@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use stormwall::body::{Body, boxed};
 use stormwall::core::key::PeerAddr;
 use stormwall::core::time::Instant;
+use stormwall::ratelimit::RateLimited;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 
@@ -115,10 +116,22 @@ fn handle(
         let Ok(res) = result;
         let elapsed = start.elapsed();
         let status = res.status();
+        let cache = res
+            .headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let limiter = if res.extensions().get::<RateLimited>().is_some() {
+            "rejected"
+        } else {
+            "-"
+        };
         tracing::info!(
             %method,
             path,
             status = status.as_u16(),
+            cache,
+            limiter,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             %peer,
             "request"

@@ -1,0 +1,322 @@
+//! Forwarding: header hygiene, URI rewriting and the upstream client.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{Either, Map, Ready, ready};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use stormwall::body::{Body, boxed};
+use stormwall::core::BoxError;
+use stormwall::core::key::PeerAddr;
+use stormwall::{InboundStack, OutboundStack};
+use tower::util::{BoxCloneSyncService, Oneshot, ServiceExt};
+use tower::{Layer, service_fn};
+
+/// The service the listener serves: never fails (upstream errors are 502 responses).
+pub(crate) type ProxyService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+
+/// The value this proxy adds to `Via`.
+const VIA: &str = "1.1 stormwall";
+
+/// Where requests go: the upstream's scheme, authority and path prefix.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    prefix: String,
+}
+
+impl Target {
+    pub(crate) fn new(upstream: &Uri) -> Self {
+        Self {
+            scheme: upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: upstream
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
+            prefix: upstream.path().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The upstream URI for a request's path and query.
+    pub(crate) fn rewrite(&self, uri: &Uri) -> Result<Uri, http::Error> {
+        let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+        let pq = if pq.starts_with('/') {
+            format!("{}{pq}", self.prefix)
+        } else {
+            format!("{}/{pq}", self.prefix)
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+    }
+
+    /// `host:port` of the upstream, for the health check.
+    pub(crate) fn socket_authority(&self) -> String {
+        let port = self.authority.port_u16().unwrap_or(80);
+        format!("{}:{port}", self.authority.host())
+    }
+}
+
+/// Removes hop-by-hop headers: `Connection` and the headers it names, `Keep-Alive`,
+/// `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let proxy: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("proxy-"))
+        .cloned()
+        .collect();
+    for name in proxy {
+        headers.remove(name);
+    }
+}
+
+/// Appends `value` to a list header (`Forwarded`, `Via`), joining existing lines.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let mut joined: Vec<String> = headers
+        .get_all(&name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .collect();
+    joined.push(value.to_owned());
+    if let Ok(v) = HeaderValue::from_str(&joined.join(", ")) {
+        headers.insert(name, v);
+    }
+}
+
+/// A `Forwarded` parameter value: a token as is, anything else quoted (RFC 7239).
+fn forwarded_value(text: &str) -> String {
+    let token = !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        text.to_owned()
+    } else {
+        let escaped: String = text
+            .chars()
+            .filter(|c| !c.is_control())
+            .flat_map(|c| match c {
+                '"' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        format!("\"{escaped}\"")
+    }
+}
+
+/// The `Forwarded` element this hop adds.
+fn forwarded_element(peer: SocketAddr, host: Option<&str>) -> String {
+    let node = match peer {
+        SocketAddr::V4(v4) => v4.ip().to_string(),
+        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+    };
+    let mut element = format!("for={};proto=http", forwarded_value(&node));
+    if let Some(host) = host {
+        element.push_str(";host=");
+        element.push_str(&forwarded_value(host));
+    }
+    element
+}
+
+/// Prepares a client request for the upstream: URI, version, hop-by-hop headers,
+/// `Forwarded` and `Via`.
+pub(crate) fn prepare_request(req: &mut Request<Body>, target: &Target) -> Result<(), http::Error> {
+    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    *req.uri_mut() = target.rewrite(req.uri())?;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    // The client sets `Host` from the upstream URI; the client's host travels in `Forwarded`.
+    headers.remove(header::HOST);
+    if let Some(peer) = peer {
+        append_list(
+            headers,
+            header::FORWARDED,
+            &forwarded_element(peer, host.as_deref()),
+        );
+    }
+    append_list(headers, header::VIA, VIA);
+    Ok(())
+}
+
+/// Cleans an upstream response before it goes back to the client.
+fn prepare_response(res: &mut Response<Body>) {
+    strip_hop_by_hop(res.headers_mut());
+    append_list(res.headers_mut(), header::VIA, VIA);
+}
+
+/// A small text response (502, 400).
+pub(crate) fn text_response(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut res = Response::new(boxed(Full::new(Bytes::from_static(text.as_bytes()))));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+/// The future of one forwarded request. Named combinators rather than an `async fn`: the
+/// compiler cannot prove an `async` block holding the boxed upstream future `Send`.
+type ForwardFuture = Either<
+    Ready<Result<Response<Body>, Infallible>>,
+    Map<Oneshot<Upstream, Request<Body>>, FinishFn>,
+>;
+
+type FinishFn = fn(Result<Response<Body>, BoxError>) -> Result<Response<Body>, Infallible>;
+
+/// Turns the upstream's answer into the client's response: hop-by-hop headers out, `Via`
+/// in; errors become 502.
+fn finish(result: Result<Response<Body>, BoxError>) -> Result<Response<Body>, Infallible> {
+    match result {
+        Ok(mut res) => {
+            prepare_response(&mut res);
+            Ok(res)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "upstream error");
+            metrics::counter!("stormwall_proxy_upstream_errors_total").increment(1);
+            Ok(text_response(StatusCode::BAD_GATEWAY, "bad gateway\n"))
+        }
+    }
+}
+
+/// Forwards one request to the upstream.
+fn forward_one(upstream: Upstream, target: &Target, mut req: Request<Body>) -> ForwardFuture {
+    if let Err(e) = prepare_request(&mut req, target) {
+        tracing::debug!(error = %e, "cannot rewrite the request URI");
+        return Either::Left(ready(Ok(text_response(
+            StatusCode::BAD_REQUEST,
+            "bad request target\n",
+        ))));
+    }
+    Either::Right(upstream.oneshot(req).map(finish as FinishFn))
+}
+
+/// Builds the whole service: inbound stack → forwarding → outbound stack → hyper client.
+pub(crate) fn build(
+    target: Target,
+    inbound: Option<&InboundStack>,
+    outbound: Option<&OutboundStack>,
+) -> ProxyService {
+    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
+    let upstream: Upstream = match outbound {
+        Some(stack) => BoxCloneSyncService::new(ServiceExt::<Request<Body>>::map_err(
+            stack.layer(client),
+            |e: stormwall::Error| -> BoxError { Box::new(e) },
+        )),
+        None => BoxCloneSyncService::new(
+            client
+                .map_response(|res| res.map(boxed))
+                .map_err(|e| -> BoxError { Box::new(e) }),
+        ),
+    };
+    let forward = service_fn(move |req| forward_one(upstream.clone(), &target, req));
+    match inbound {
+        Some(stack) => BoxCloneSyncService::new(stack.layer(forward)),
+        None => BoxCloneSyncService::new(forward),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-authorization", HeaderValue::from_static("basic x"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn uri_is_rewritten_with_prefix_and_query() {
+        let target = Target::new(&"http://127.0.0.1:9000/api/".parse().unwrap());
+        let uri = target
+            .rewrite(&"/v1/items?x=1&y=2".parse().unwrap())
+            .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://127.0.0.1:9000/api/v1/items?x=1&y=2"
+        );
+        let target = Target::new(&"http://10.0.0.1".parse().unwrap());
+        assert_eq!(target.socket_authority(), "10.0.0.1:80");
+        let uri = target
+            .rewrite(&"http://client.example/a".parse().unwrap())
+            .unwrap();
+        assert_eq!(uri.to_string(), "http://10.0.0.1/a");
+    }
+
+    #[test]
+    fn forwarded_is_appended_and_quoted() {
+        let mut req = Request::builder()
+            .uri("/x")
+            .header(header::HOST, "front.example:8080")
+            .header(header::FORWARDED, "for=192.0.2.1")
+            .header(header::VIA, "1.0 fred")
+            .body(boxed(Full::new(Bytes::new())))
+            .unwrap();
+        req.extensions_mut()
+            .insert(PeerAddr("[::1]:5000".parse().unwrap()));
+        let target = Target::new(&"http://127.0.0.1:9000".parse().unwrap());
+        prepare_request(&mut req, &target).unwrap();
+        assert_eq!(
+            req.headers()[header::FORWARDED],
+            "for=192.0.2.1, for=\"[::1]\";proto=http;host=\"front.example:8080\""
+        );
+        assert_eq!(req.headers()[header::VIA], "1.0 fred, 1.1 stormwall");
+        assert!(req.headers().get(header::HOST).is_none());
+        assert_eq!(req.version(), Version::HTTP_11);
+    }
+}

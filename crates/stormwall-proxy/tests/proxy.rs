@@ -1,0 +1,569 @@
+//! Black-box tests: the built `stormwall-proxy` binary against a loopback origin.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use stormwall_tests::free_addr;
+use stormwall_tests::http::{TestServer, client};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stormwall-proxy");
+
+/// Writes `text` to a fresh file in the temp dir.
+fn write_config(name: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "stormwall-proxy-{}-{name}-{}.toml",
+        std::process::id(),
+        free_addr().port()
+    ));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The proxy process; killed on drop.
+struct Proxy {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+impl Proxy {
+    /// Starts the binary in front of `upstream` with extra config `extra`, and waits until
+    /// both listeners accept connections.
+    async fn start(upstream: SocketAddr, extra: &str) -> Self {
+        let listen = free_addr();
+        let admin = free_addr();
+        let text = format!(
+            "listen = \"{listen}\"\nupstream = \"http://{upstream}\"\nadmin = \"{admin}\"\n\
+             shutdown_timeout = \"20s\"\n{extra}"
+        );
+        let config = write_config("run", &text);
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the proxy");
+        let mut proxy = Self {
+            child,
+            listen,
+            admin,
+            config,
+        };
+        for _ in 0..200 {
+            if let Ok(Some(status)) = proxy.child.try_wait() {
+                panic!("proxy exited early: {status}");
+            }
+            let up = tokio::net::TcpStream::connect(listen).await.is_ok()
+                && tokio::net::TcpStream::connect(admin).await.is_ok();
+            if up {
+                return proxy;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("proxy did not start listening within 10 s");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.listen, path)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+}
+
+/// An origin that echoes method, URI, headers (one per line) and then the body.
+async fn echo_origin() -> TestServer {
+    TestServer::start(|req: Request<Incoming>| async move {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let mut text = format!("{} {}\n", parts.method, parts.uri);
+        for (name, value) in &parts.headers {
+            text.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
+        }
+        text.push('\n');
+        let mut out = text.into_bytes();
+        out.extend_from_slice(&body);
+        let mut res = Response::new(Full::new(Bytes::from(out)));
+        res.headers_mut()
+            .insert("x-origin", http::HeaderValue::from_static("echo"));
+        res.headers_mut()
+            .insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+        res
+    })
+    .await
+}
+
+async fn send(req: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
+    let res = tokio::time::timeout(Duration::from_secs(20), client().request(req))
+        .await
+        .expect("response within 20 s")
+        .expect("response");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (Response::from_parts(parts, ()), body)
+}
+
+async fn get(url: &str) -> (Response<()>, Bytes) {
+    send(Request::get(url).body(Full::default()).unwrap()).await
+}
+
+fn run_check(name: &str, text: &str) -> Output {
+    let path = write_config(name, text);
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .arg("--check")
+        .output()
+        .expect("run the proxy");
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+#[tokio::test]
+async fn forwards_method_query_headers_and_body() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::start(origin.addr(), "").await;
+    let req = Request::post(proxy.url("/items/42?x=1&y=two"))
+        .header("x-custom", "kept")
+        .header("connection", "keep-alive, x-drop-me")
+        .header("x-drop-me", "secret")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "trailers")
+        .header("forwarded", "for=192.0.2.7")
+        .body(Full::new(Bytes::from_static(b"hello body")))
+        .unwrap();
+    let (res, body) = send(req).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-origin"], "echo");
+    assert!(
+        res.headers().get("keep-alive").is_none(),
+        "{:?}",
+        res.headers()
+    );
+    assert_eq!(res.headers()["via"], "1.1 stormwall");
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let (head, echoed) = text.split_once("\n\n").expect("echo format");
+    assert_eq!(echoed, "hello body");
+    let mut lines = head.lines();
+    assert_eq!(lines.next(), Some("POST /items/42?x=1&y=two"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("x-custom"), Some("kept"));
+    for gone in ["x-drop-me", "proxy-authorization", "te"] {
+        assert_eq!(header(gone), None, "{gone} must be stripped: {headers:?}");
+    }
+    assert_ne!(header("connection"), Some("keep-alive, x-drop-me"));
+    assert_eq!(header("host"), Some(origin.addr().to_string().as_str()));
+    assert_eq!(header("via"), Some("1.1 stormwall"));
+    assert_eq!(
+        header("forwarded"),
+        Some(
+            format!(
+                "for=192.0.2.7, for=127.0.0.1;proto=http;host=\"{}\"",
+                proxy.listen
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(origin.calls(), 1);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let dead = free_addr();
+    let proxy = Proxy::start(dead, "").await;
+    let (res, _) = get(&proxy.url("/x")).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let (res, body) = get(&proxy.admin_url("/health")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("\"reachable\":false"), "{body}");
+}
+
+#[tokio::test]
+async fn inbound_limit_answers_429_with_headers_and_metrics_show_it() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::start(
+        origin.addr(),
+        "[inbound]\nstandard = false\n[inbound.rate_limit]\nper_second = 0.1\nburst = 2\nkey = \"peer_ip\"\n",
+    )
+    .await;
+    let mut statuses = Vec::new();
+    let mut rejected = None;
+    for _ in 0..4 {
+        let (res, _) = get(&proxy.url("/limited")).await;
+        statuses.push(res.status());
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            rejected.get_or_insert(res);
+        }
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert_eq!(
+        origin.calls(),
+        2,
+        "rejected requests never reach the origin"
+    );
+    let rejected = rejected.expect("a 429");
+    assert!(
+        rejected.headers().contains_key("retry-after"),
+        "{:?}",
+        rejected.headers()
+    );
+    assert!(
+        rejected.headers().contains_key("ratelimit"),
+        "{:?}",
+        rejected.headers()
+    );
+
+    let (res, body) = get(&proxy.admin_url("/health")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(String::from_utf8_lossy(&body).contains("\"reachable\":true"));
+    let (res, body) = get(&proxy.admin_url("/metrics")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let metrics = String::from_utf8_lossy(&body);
+    assert!(
+        metrics.contains("stormwall_proxy_requests_total"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("status=\"429\""), "{metrics}");
+    assert!(
+        metrics.contains("stormwall_ratelimit_decisions_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
+    let origin = TestServer::start(|_req: Request<Incoming>| async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        stormwall_tests::http::ok("slow but complete")
+    })
+    .await;
+    let mut proxy = Proxy::start(origin.addr(), "").await;
+    let url = proxy.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    for _ in 0..200 {
+        if origin.calls() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(origin.calls(), 1, "the slow request reached the origin");
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(proxy.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let (res, body) = in_flight.await.expect("request task");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(&body[..], b"slow but complete");
+    let mut exit = None;
+    for _ in 0..200 {
+        if let Some(status) = proxy.child.try_wait().expect("wait") {
+            exit = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exit = exit.expect("proxy exited within 10 s of draining");
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(proxy.listen).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let out = run_check(
+        "ok",
+        "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\nadmin = \"127.0.0.1:9090\"\n\
+         shutdown_timeout = \"10s\"\n[inbound]\nconcurrency_limit = 64\n[inbound.rate_limit]\nper_second = 5\n\
+         [outbound]\npreset = \"fast_fail\"\n",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_field_and_line() {
+    let cases = [
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\nlisen = 1\n",
+            "lisen",
+            Some("line 3"),
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\n[inbound.rate_limit]\nper_secnd = 5\n",
+            "per_secnd",
+            Some("line 4"),
+        ),
+        (
+            "listen = \"not an address\"\nupstream = \"http://127.0.0.1:9000\"\n",
+            "listen",
+            Some("line 1"),
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"ftp://127.0.0.1:9000\"\n",
+            "upstream",
+            Some("line 2"),
+        ),
+        ("listen = \"127.0.0.1:8080\"\n", "upstream", None),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\n[inbound.rate_limit]\nper_second = -3\n",
+            "inbound.rate_limit",
+            None,
+        ),
+    ];
+    for (i, (text, field, line)) in cases.into_iter().enumerate() {
+        let out = run_check(&format!("bad{i}"), text);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "case {i}: {stderr}");
+        assert!(
+            stderr.contains(field),
+            "case {i}: `{field}` not named in {stderr}"
+        );
+        if let Some(line) = line {
+            assert!(stderr.contains(line), "case {i}: `{line}` not in {stderr}");
+        }
+    }
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg("/nonexistent/proxy.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = Command::new(BIN).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// The proxy's peak resident memory (`VmHWM`) in KiB, from `/proc`.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn large_request_body_is_streamed_not_buffered() {
+    // The origin counts the bytes frame by frame without keeping them.
+    let origin = TestServer::start(|req: Request<Incoming>| async move {
+        let mut body = req.into_body();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => total += frame.data_ref().map_or(0, Bytes::len),
+                Err(_) => break,
+            }
+        }
+        stormwall_tests::http::ok(total.to_string())
+    })
+    .await;
+    let proxy = Proxy::start(origin.addr(), "").await;
+    let size = if std::env::var_os("STORMWALL_EXTENDED").is_some() {
+        100 << 20
+    } else {
+        64 << 20
+    };
+    let before = peak_rss_kib(proxy.child.id()).expect("VmHWM");
+    let body = Bytes::from(vec![b'x'; size]);
+    let (res, echoed) = send(
+        Request::put(proxy.url("/upload"))
+            .body(Full::new(body))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(echoed, size.to_string());
+    let after = peak_rss_kib(proxy.child.id()).expect("VmHWM");
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < (size >> 20) as u64 / 2,
+        "the proxy's peak memory grew by {grown_mib} MiB for a {} MiB body",
+        size >> 20
+    );
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::start(origin.addr(), "").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let res = tokio::time::timeout(
+        Duration::from_secs(20),
+        h2.request(
+            Request::get(proxy.url("/h2?q=1"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.starts_with("GET /h2?q=1\n"), "{text}");
+    assert!(
+        text.contains(&format!("host=\"{}\"", proxy.listen)),
+        "Forwarded host from the :authority: {text}"
+    );
+}
+
+#[tokio::test]
+async fn inbound_cache_serves_repeats_with_cache_status() {
+    let origin = TestServer::start(|_req: Request<Incoming>| async {
+        let mut res = stormwall_tests::http::ok("cacheable");
+        res.headers_mut().insert(
+            "cache-control",
+            http::HeaderValue::from_static("public, max-age=60"),
+        );
+        res
+    })
+    .await;
+    let proxy = Proxy::start(
+        origin.addr(),
+        "[inbound]\nstandard = false\n[inbound.cache]\nmax_bytes = 1048576\n",
+    )
+    .await;
+    let (first, body) = get(&proxy.url("/doc")).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(&body[..], b"cacheable");
+    let (second, body) = get(&proxy.url("/doc")).await;
+    assert_eq!(second.status(), StatusCode::OK);
+    assert_eq!(&body[..], b"cacheable");
+    assert_eq!(origin.calls(), 1, "the repeat was served from the cache");
+    let status = second
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(status.contains("hit"), "Cache-Status: {status:?}");
+}
+
+#[tokio::test]
+async fn outbound_breaker_opens_on_a_failing_origin() {
+    let origin = TestServer::start(|_req: Request<Incoming>| async {
+        let mut res = stormwall_tests::http::ok("broken");
+        *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        res
+    })
+    .await;
+    let proxy = Proxy::start(
+        origin.addr(),
+        "[outbound]\npreset = \"none\"\n[outbound.circuit]\nwindow_calls = 4\nminimum_calls = 2\n\
+         failure_rate = 0.5\nwait = \"60s\"\n",
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let (res, _) = get(&proxy.url("/fail")).await;
+        statuses.push(res.status());
+    }
+    assert_eq!(
+        statuses[0],
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::BAD_GATEWAY),
+        "the open breaker fails fast: {statuses:?}"
+    );
+    assert!(
+        origin.calls() < 8,
+        "the open breaker spared the origin: {}",
+        origin.calls()
+    );
+}
+
+#[tokio::test]
+async fn large_response_body_is_streamed_not_buffered() {
+    let size: usize = if std::env::var_os("STORMWALL_EXTENDED").is_some() {
+        100 << 20
+    } else {
+        64 << 20
+    };
+    let payload = Bytes::from(vec![b'y'; size]);
+    let origin = TestServer::start(move |_req: Request<Incoming>| {
+        let payload = payload.clone();
+        async move { stormwall_tests::http::ok(payload) }
+    })
+    .await;
+    let proxy = Proxy::start(origin.addr(), "").await;
+    let before = peak_rss_kib(proxy.child.id()).expect("VmHWM");
+    let res = tokio::time::timeout(
+        Duration::from_secs(20),
+        client().request(
+            Request::get(proxy.url("/download"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("response");
+    assert_eq!(res.status(), StatusCode::OK);
+    // Count frame by frame: the test itself does not keep the body either.
+    let mut body = res.into_body();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        total += frame.expect("frame").data_ref().map_or(0, Bytes::len);
+    }
+    assert_eq!(total, size);
+    let after = peak_rss_kib(proxy.child.id()).expect("VmHWM");
+    let grown_mib = after.saturating_sub(before) / 1024;
+    assert!(
+        grown_mib < (size >> 20) as u64 / 2,
+        "the proxy's peak memory grew by {grown_mib} MiB for a {} MiB body",
+        size >> 20
+    );
+}

@@ -14,8 +14,11 @@
 //! - [`isolation`] (scenario 5): per-user responses and `Set-Cookie` through a shared cache
 //!   and coalescing; unkeyed-header poisoning.
 //! - [`cancellation`] (scenario 7): callers dropped at random through every layer.
+//! - [`key_flood`] (scenario 3): random client IPs through trusted proxies and random API keys,
+//!   end to end and on the limiter directly.
+//! - [`soak`]: mixed traffic through both standard stacks, memory sampled.
 //!
-//! Scenarios 3 (key flood) and 6 (Redis faults) are still pending; RELIABILITY.md lists them.
+//! Scenario 6 (Redis faults) lives with the Redis store: `crates/stormwall-redis/tests/faults.rs`.
 //!
 //! Long variants run with `STORMWALL_EXTENDED=1`; the default sizes still assert the bound.
 

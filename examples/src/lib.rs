@@ -93,7 +93,7 @@ impl Default for ApiConfig {
             rate_per_sec: 10,
             burst: 10,
             fail_rate: 0.0,
-            latency: Duration::from_millis(50),
+            latency: Duration::from_millis(300),
         }
     }
 }

@@ -12,7 +12,7 @@
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
 
 use std::hint::black_box;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,41 +20,6 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use stormwall_ratelimit::store::{CheckMode, LimitCheck, LimitId, LimitKey, Store};
 use stormwall_ratelimit::{Algorithm, InMemoryStore, Quota};
 use stormwall_redis::RedisStore;
-
-struct Server {
-    port: u16,
-    child: Child,
-}
-
-impl Server {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server on the PATH");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self { port, child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Always admitted (10M/s), so every decision writes: the common case.
 fn quota() -> Quota {
@@ -203,13 +168,14 @@ fn redis_benchmark(
 }
 
 fn bench(c: &mut Criterion) {
-    let server = Server::start();
+    // The test kit's launcher: a private redis-server on a free port, ready when returned.
+    let server = stormwall_tests::redis::RedisServer::start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let url = format!("redis://127.0.0.1:{}/", server.port);
+    let url = server.url();
     let store = rt.block_on(async {
         let store = RedisStore::builder()
             .timeout(Duration::from_secs(1))
@@ -243,8 +209,8 @@ fn bench(c: &mut Criterion) {
         let total = if callers == 1 { 20_000 } else { 100_000 };
         let (rate, p50, p99) = rt.block_on(latencies(&store, callers, total));
         let sha = store.script_sha();
-        let (rps, b50, b99) = redis_benchmark(server.port, sha, callers, 1, total);
-        let (prps, _, _) = redis_benchmark(server.port, sha, callers, 16, total * 4);
+        let (rps, b50, b99) = redis_benchmark(server.port(), sha, callers, 1, total);
+        let (prps, _, _) = redis_benchmark(server.port(), sha, callers, 16, total * 4);
         println!(
             "| {callers} | {rate:.0} | {p50:.0?} | {p99:.0?} | {rps:.0}, {b50:.3} ms, {b99:.3} ms | {:.2} | {prps:.0} |",
             rate / rps

@@ -42,6 +42,8 @@ struct Config {
     max_waiters: usize,
     store: Option<Arc<dyn Store>>,
     predicate: Option<Predicate>,
+    #[cfg(feature = "redis")]
+    redis: Option<crate::tier::RedisTier>,
 }
 
 /// State shared by every clone of a layer and its services.
@@ -55,11 +57,15 @@ pub(crate) struct Shared {
     pub(crate) group: Group<String, Flight>,
     pub(crate) refreshing: Mutex<HashSet<String>>,
     pub(crate) counters: Counters,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<crate::tier::RedisTier>,
 }
 
 impl Shared {
     pub(crate) fn remove_key(&self, key: &str) -> bool {
         let removed = self.store.remove(key);
+        #[cfg(feature = "redis")]
+        self.tier_remove(key);
         if removed {
             self.counters.invalidated.bump();
         }
@@ -131,6 +137,8 @@ impl CacheLayer {
                 max_waiters: 10_000,
                 store: None,
                 predicate: None,
+                #[cfg(feature = "redis")]
+                redis: None,
             },
             shared: Arc::new(OnceLock::new()),
         }
@@ -200,6 +208,12 @@ impl CacheLayer {
         /// Use this store instead of the default [`MemoryStore`].
         store(store: impl Store) |c: &mut Config| c.store = Some(Arc::new(store))
     }
+    #[cfg(feature = "redis")]
+    setter! {
+        /// Adds a shared second tier on Redis behind the local store (feature `redis`; see
+        /// [`RedisTier`](crate::RedisTier) and the [crate docs](crate#redis-tier)).
+        redis(tier: crate::tier::RedisTier) |c: &mut Config| c.redis = Some(tier)
+    }
 
     /// Only store responses for which `predicate` returns true, on top of the RFC rules.
     ///
@@ -234,6 +248,8 @@ impl CacheLayer {
                     group: Group::named("cache").max_waiters(c.max_waiters),
                     refreshing: Mutex::new(HashSet::new()),
                     counters: Counters::new(),
+                    #[cfg(feature = "redis")]
+                    redis: c.redis.clone(),
                 })
             })
             .clone()
@@ -293,6 +309,8 @@ impl CacheHandle {
             .shared
             .store
             .remove_matching(&|k: &str| k.starts_with(&normalized));
+        #[cfg(feature = "redis")]
+        self.shared.tier_remove_prefix(Some(&normalized));
         for _ in 0..n {
             self.shared.counters.invalidated.bump();
         }
@@ -302,6 +320,8 @@ impl CacheHandle {
     /// Removes everything.
     pub fn purge_all(&self) {
         self.shared.store.clear();
+        #[cfg(feature = "redis")]
+        self.shared.tier_remove_prefix(None);
     }
 
     /// A snapshot of the counters.

@@ -98,7 +98,74 @@
 //!   [`purge_all`](CacheHandle::purge_all).
 //!
 //! Not implemented: partial content (range requests bypass the cache), `HEAD` from stored
-//! `GET`s, a Redis store.
+//! `GET`s.
+//!
+//! # Redis tier
+//!
+//! With the `redis` feature, [`RedisTier`][RedisTier] adds a shared second tier behind each
+//! instance's in-memory store, so that instances of a service behind a load balancer share
+//! what any of them fetched:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use stormwall_cache::{CacheLayer, RedisTier};
+//!
+//! let tier = RedisTier::builder()
+//!     .timeout(Duration::from_millis(50))
+//!     .connect("redis://127.0.0.1:6379/")?;
+//! let layer = CacheLayer::shared().name("edge").redis(tier);
+//! # let _ = layer;
+//! # Ok(()) }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
+//! ```
+//!
+//! - **Reads.** Hits in the local tier never touch Redis. A local miss (or a stale local
+//!   entry) looks in Redis once (`GET`, bounded by the timeout) before the origin. A usable
+//!   stored response is served as a hit (`Cache-Status: …; hit; ttl=…; detail=redis`, or
+//!   `detail=redis-max-stale` / `redis-stale-while-revalidate` when served stale) and
+//!   copied into the local tier; a stored response that needs validation is revalidated
+//!   with a conditional request. The decision follows the same RFC 9111 rules as a local
+//!   entry (request directives, `Vary`, `stale-while-revalidate`, …).
+//! - **Writes.** Every response the layer stores is written through in the background
+//!   (`SET key value PX ttl`, ttl = the entry's remaining freshness plus its stale grace, plus
+//!   [`keep_stale`][keep_stale] when it has a validator). Values above
+//!   [`max_value_bytes`][max_value_bytes] stay local. One Redis key holds all the variants
+//!   of one URL: `<prefix>:shared:<primary key>` (`:private:` for a private
+//!   cache; a shared cache never reads a private cache's entries). Concurrent writers of
+//!   different variants of one URL: the last write wins (the other variant is fetched again).
+//! - **What is stored** is decided before the write, by the same rules: `no-store`,
+//!   `private`, `Set-Cookie`, `Authorization` without `public`/`s-maxage`/`must-revalidate`
+//!   never reach Redis in shared mode. Secondary keys (`Vary`, forwarding headers) travel
+//!   with each variant — including the request header values they name, as in memory.
+//! - **Time.** Ages cross processes as "age at a wall-clock time" (an `Instant` does not), so
+//!   `Age` and freshness are right on another instance as long as the instances' clocks are
+//!   synchronized; a reader whose clock is behind counts no negative time.
+//! - **Encoding.** Compact and versioned: magic `SWC`, a version byte, the writer's mode,
+//!   then per variant its status, wall-clock timestamp, age and lifetime (ms), secondary
+//!   key, headers, body and trailers (not the HTTP version nor extensions). A value that
+//!   does not decode (garbage, truncated, another version) is a miss, counted in
+//!   [`RedisTierStats::corrupt`][corrupt], and is overwritten by the next store.
+//! - **Invalidation.** [`CacheHandle::purge`], [`purge_prefix`](CacheHandle::purge_prefix)
+//!   (`SCAN MATCH` on the key namespace, glob characters escaped),
+//!   [`purge_all`](CacheHandle::purge_all) and unsafe-method invalidation (§4.4) delete in
+//!   Redis too, in the background ([`RedisTier::flush`][flush] waits for them). Other
+//!   instances' local tiers are theirs: they keep serving their copy for its freshness
+//!   lifetime unless purged on that instance as well. Purge every instance (or keep local
+//!   lifetimes short) when that matters.
+//! - **Failures.** Every Redis call has a timeout (default 50 ms); an error or a timeout is a
+//!   miss (the request goes to the origin) or a dropped write, never a failed request, and
+//!   counts in [`RedisTierStats`][RedisTierStats] and `stormwall_cache_redis_errors_total`.
+//!   After 3 consecutive failures a short circuit skips Redis for 100 ms, doubling up to
+//!   2 s. The connection reconnects by itself; sharing resumes when Redis is back.
+//! - **Not covered:** `only-if-cached` requests are answered from the local tier only;
+//!   concurrent local misses of one URL each look in Redis (the origin call is still
+//!   coalesced); Redis Cluster (one server or Valkey only).
+//! - **Stats.** [`CacheStats`] counts the local tier (a request answered from Redis is a local
+//!   miss); [`RedisTier::stats`][stats] counts the shared one.
 //!
 //! # Metrics
 //!
@@ -115,10 +182,36 @@
 //! | `stormwall_cache_evictions_total` | counter | entries evicted because the store was full |
 //! | `stormwall_cache_stored_bytes` | gauge | bytes stored (updated by [`CacheHandle::stats`]) |
 //!
+//! With the `redis` feature, the Redis tier adds:
+//!
+//! | name | kind | meaning |
+//! |---|---|---|
+//! | `stormwall_cache_redis_hits_total` | counter | local misses answered from Redis |
+//! | `stormwall_cache_redis_misses_total` | counter | Redis lookups that did not answer the request |
+//! | `stormwall_cache_redis_writes_total` | counter | values written to Redis |
+//! | `stormwall_cache_redis_deletes_total` | counter | keys deleted in Redis by invalidations and purges |
+//! | `stormwall_cache_redis_errors_total` | counter | label `kind` = `error` \| `timeout` \| `decode` |
+//! | `stormwall_cache_redis_skipped_total` | counter | calls skipped (short circuit open, too many pending writes) |
+//!
 //! `tracing` events are emitted at debug level for hits, misses, storage decisions,
 //! invalidations and background revalidations.
+#![cfg_attr(
+    feature = "redis",
+    doc = "[RedisTier]: crate::RedisTier\n[keep_stale]: crate::RedisTierBuilder::keep_stale\n\
+           [max_value_bytes]: crate::RedisTierBuilder::max_value_bytes\n\
+           [corrupt]: crate::RedisTierStats::corrupt\n[flush]: crate::RedisTier::flush\n\
+           [RedisTierStats]: crate::RedisTierStats\n[stats]: crate::RedisTier::stats"
+)]
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "[RedisTier]: #redis-tier\n[keep_stale]: #redis-tier\n[max_value_bytes]: #redis-tier\n\
+           [corrupt]: #redis-tier\n[flush]: #redis-tier\n[RedisTierStats]: #redis-tier\n\
+           [stats]: #redis-tier"
+)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "redis")]
+mod codec;
 mod directives;
 mod future;
 mod layer;
@@ -127,6 +220,8 @@ mod service;
 mod stats;
 mod status;
 mod store;
+#[cfg(feature = "redis")]
+mod tier;
 
 pub use directives::{RequestDirectives, ResponseDirectives};
 pub use future::ResponseFuture;
@@ -135,3 +230,6 @@ pub use policy::FORWARDING_HEADERS;
 pub use service::Cache;
 pub use stats::CacheStats;
 pub use store::{Entry, MemoryStore, READ_SAMPLE, Store, Variants};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use tier::{RedisTier, RedisTierBuilder, RedisTierError, RedisTierStats};

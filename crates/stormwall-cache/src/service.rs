@@ -93,14 +93,14 @@ impl<S> Cache<S> {
 }
 
 /// Everything about a request the upstream path needs once the request has moved.
-struct Ctx {
-    key: String,
-    req_headers: HeaderMap,
+pub(crate) struct Ctx {
+    pub(crate) key: String,
+    pub(crate) req_headers: HeaderMap,
     uri: Uri,
-    req_cc: RequestDirectives,
-    fwd: Fwd,
-    validating: Option<Arc<Entry>>,
-    stale_if_error: Option<Duration>,
+    pub(crate) req_cc: RequestDirectives,
+    pub(crate) fwd: Fwd,
+    pub(crate) validating: Option<Arc<Entry>>,
+    pub(crate) stale_if_error: Option<Duration>,
 }
 
 impl Ctx {
@@ -128,7 +128,7 @@ fn synthetic<B>(shared: &Shared, code: StatusCode, st: Status) -> Response<Respo
 
 /// Builds the response for a stored entry: a 304 if the client's validators match, else the
 /// stored response; with `Age` and `Cache-Status`.
-fn serve<B>(
+pub(crate) fn serve<B>(
     shared: &Shared,
     entry: &Entry,
     req_headers: &HeaderMap,
@@ -191,7 +191,10 @@ fn store_entry(shared: &Shared, key: &str, entry: Arc<Entry>) {
         let excess = list.len() - shared.max_variants;
         list.drain(..excess);
     }
-    shared.store.put(key, list.into());
+    let variants: crate::store::Variants = list.into();
+    #[cfg(feature = "redis")]
+    shared.tier_write(key, &variants);
+    shared.store.put(key, variants);
     shared.counters.stored.bump();
 }
 
@@ -401,10 +404,18 @@ where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    ReqB: Send + 'static,
+    ReqB: Default + Send + 'static,
     ResB: Body<Data = Bytes> + Unpin + Send + 'static,
     ResB::Error: Send + 'static,
 {
+    #[cfg(feature = "redis")]
+    let (inner, req, ctx) = {
+        let mut ctx = ctx;
+        match crate::tier::consult(&shared, inner, req, &mut ctx).await {
+            Ok(res) => return Ok(res),
+            Err((inner, req)) => (inner, req, ctx),
+        }
+    };
     let ctx = Arc::new(ctx);
     let slot: Slot<ResB, S::Error> = Arc::new(Mutex::new(None));
     let mut own = Some((inner, req));
@@ -659,7 +670,7 @@ where
 const MAX_BACKGROUND: usize = 1024;
 
 /// RFC 5861 §3: refresh a stale entry once, in the background.
-fn spawn_refresh<S, ReqB, ResB>(
+pub(crate) fn spawn_refresh<S, ReqB, ResB>(
     shared: Arc<Shared>,
     inner: S,
     req: &Request<ReqB>,

@@ -39,6 +39,9 @@ use crate::store::Entry;
 const MAGIC: &[u8; 3] = b"SWC";
 /// The encoding version written; values of any other version are misses.
 pub(crate) const VERSION: u8 = 1;
+/// Most header (or trailer) fields per response, and secondary-key fields per variant, in
+/// a value (`HeaderMap` holds at most 32 768; hyper accepts 100 by default).
+const MAX_FIELDS: usize = 4096;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -62,6 +65,9 @@ fn put_bytes32(out: &mut Vec<u8>, s: &[u8]) -> Option<()> {
 }
 
 fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) -> Option<()> {
+    if headers.len() > MAX_FIELDS {
+        return None;
+    }
     out.put_u16(u16::try_from(headers.len()).ok()?);
     for (name, value) in headers {
         put_str16(out, name.as_str().as_bytes())?;
@@ -94,6 +100,9 @@ pub(crate) fn encode(
         match &e.vary {
             VaryKey::Star => out.put_u8(0),
             VaryKey::Fields(fields) => {
+                if fields.len() > MAX_FIELDS {
+                    return None;
+                }
                 out.put_u8(1);
                 out.put_u16(u16::try_from(fields.len()).ok()?);
                 for (name, value) in fields {
@@ -162,6 +171,9 @@ impl<'a> Reader<'a> {
     }
     fn headers(&mut self) -> Option<HeaderMap> {
         let n = usize::from(self.u16()?);
+        if n > MAX_FIELDS {
+            return None;
+        }
         // Every header takes at least 6 bytes: a hostile count cannot make us reserve much.
         let mut map = HeaderMap::with_capacity(n.min(self.buf.len() / 6));
         for _ in 0..n {
@@ -211,6 +223,9 @@ pub(crate) fn decode(
             0 => VaryKey::Star,
             1 => {
                 let n = usize::from(r.u16()?);
+                if n > MAX_FIELDS {
+                    return None;
+                }
                 let mut fields = Vec::with_capacity(n.min(r.buf.len() / 3));
                 for _ in 0..n {
                     let name = r.name()?;
@@ -378,6 +393,23 @@ mod tests {
             }
             let _ = decode(&Bytes::from(buf), true, now, wall);
         }
+    }
+
+    // A hostile field count (more than a HeaderMap can hold) is refused, not a panic.
+    #[tokio::test(start_paused = true)]
+    async fn huge_field_counts_are_none() {
+        let mut buf = b"SWC\x01\x01\x00\x01".to_vec();
+        buf.extend_from_slice(&200u16.to_be_bytes());
+        buf.extend_from_slice(&[0; 24]);
+        buf.push(1);
+        buf.extend_from_slice(&0u16.to_be_bytes());
+        buf.extend_from_slice(&u16::MAX.to_be_bytes());
+        for _ in 0..u16::MAX {
+            buf.extend_from_slice(&[0, 1, b'a', 0, 0, 0, 0]);
+        }
+        buf.extend_from_slice(&[0, 0, 0, 0, 0]);
+        let value = Bytes::from(buf);
+        assert!(decode(&value, true, Instant::now(), SystemTime::now()).is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -102,7 +102,7 @@
 //!
 //! # Redis tier
 //!
-//! With the `redis` feature, [`RedisTier`][RedisTier] adds a shared second tier behind each
+//! With the `redis` feature, `RedisTier` adds a shared second tier behind each
 //! instance's in-memory store, so that instances of a service behind a load balancer share
 //! what any of them fetched:
 //!
@@ -132,8 +132,8 @@
 //!   entry (request directives, `Vary`, `stale-while-revalidate`, …).
 //! - **Writes.** Every response the layer stores is written through in the background
 //!   (`SET key value PX ttl`, ttl = the entry's remaining freshness plus its stale grace, plus
-//!   [`keep_stale`][keep_stale] when it has a validator). Values above
-//!   [`max_value_bytes`][max_value_bytes] stay local. One Redis key holds all the variants
+//!   `keep_stale` when it has a validator). Values above
+//!   `max_value_bytes` stay local. One Redis key holds all the variants
 //!   of one URL: `<prefix>:shared:<primary key>` (`:private:` for a private
 //!   cache; a shared cache never reads a private cache's entries). Concurrent writers of
 //!   different variants of one URL: the last write wins (the other variant is fetched again).
@@ -148,24 +148,24 @@
 //!   then per variant its status, wall-clock timestamp, age and lifetime (ms), secondary
 //!   key, headers, body and trailers (not the HTTP version nor extensions). A value that
 //!   does not decode (garbage, truncated, another version) is a miss, counted in
-//!   [`RedisTierStats::corrupt`][corrupt], and is overwritten by the next store.
+//!   `RedisTierStats::corrupt`, and is overwritten by the next store.
 //! - **Invalidation.** [`CacheHandle::purge`], [`purge_prefix`](CacheHandle::purge_prefix)
 //!   (`SCAN MATCH` on the key namespace, glob characters escaped),
 //!   [`purge_all`](CacheHandle::purge_all) and unsafe-method invalidation (§4.4) delete in
-//!   Redis too, in the background ([`RedisTier::flush`][flush] waits for them). Other
+//!   Redis too, in the background (`RedisTier::flush` waits for them). Other
 //!   instances' local tiers are theirs: they keep serving their copy for its freshness
 //!   lifetime unless purged on that instance as well. Purge every instance (or keep local
 //!   lifetimes short) when that matters.
 //! - **Failures.** Every Redis call has a timeout (default 50 ms); an error or a timeout is a
 //!   miss (the request goes to the origin) or a dropped write, never a failed request, and
-//!   counts in [`RedisTierStats`][RedisTierStats] and `stormwall_cache_redis_errors_total`.
+//!   counts in `RedisTierStats` and `stormwall_cache_redis_errors_total`.
 //!   After 3 consecutive failures a short circuit skips Redis for 100 ms, doubling up to
 //!   2 s. The connection reconnects by itself; sharing resumes when Redis is back.
 //! - **Not covered:** `only-if-cached` requests are answered from the local tier only;
 //!   concurrent local misses of one URL each look in Redis (the origin call is still
 //!   coalesced); Redis Cluster (one server or Valkey only).
 //! - **Stats.** [`CacheStats`] counts the local tier (a request answered from Redis is a local
-//!   miss); [`RedisTier::stats`][stats] counts the shared one.
+//!   miss); `RedisTier::stats` counts the shared one.
 //!
 //! # Metrics
 //!
@@ -195,19 +195,6 @@
 //!
 //! `tracing` events are emitted at debug level for hits, misses, storage decisions,
 //! invalidations and background revalidations.
-#![cfg_attr(
-    feature = "redis",
-    doc = "[RedisTier]: crate::RedisTier\n[keep_stale]: crate::RedisTierBuilder::keep_stale\n\
-           [max_value_bytes]: crate::RedisTierBuilder::max_value_bytes\n\
-           [corrupt]: crate::RedisTierStats::corrupt\n[flush]: crate::RedisTier::flush\n\
-           [RedisTierStats]: crate::RedisTierStats\n[stats]: crate::RedisTier::stats"
-)]
-#![cfg_attr(
-    not(feature = "redis"),
-    doc = "[RedisTier]: #redis-tier\n[keep_stale]: #redis-tier\n[max_value_bytes]: #redis-tier\n\
-           [corrupt]: #redis-tier\n[flush]: #redis-tier\n[RedisTierStats]: #redis-tier\n\
-           [stats]: #redis-tier"
-)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "redis")]

@@ -213,8 +213,9 @@ impl Circuit {
     }
 
     fn success(&self) {
-        self.failures.store(0, Ordering::Relaxed);
-        if self.open.lock().take().is_some() {
+        // The circuit only opens after `threshold` failures: no lock on the common path.
+        let failures = self.failures.swap(0, Ordering::Relaxed);
+        if self.threshold > 0 && failures >= self.threshold && self.open.lock().take().is_some() {
             tracing::info!("stormwall cache: Redis tier answers again");
         }
     }

@@ -616,3 +616,52 @@ async fn stale_while_revalidate_from_redis() {
     }
     assert_eq!(server.calls(), 2);
 }
+
+// A frozen Redis (SIGSTOP: connections accepted, no answers): every call ends at the
+// timeout, counted; requests are answered by the origin. Thawed: sharing resumes.
+#[tokio::test]
+async fn frozen_redis_times_out_into_misses() {
+    let redis = RedisServer::start();
+    let server = origin().await;
+    let quick = |redis: &RedisServer| {
+        RedisTier::builder()
+            .timeout(Duration::from_millis(100))
+            .circuit(0, Duration::ZERO, Duration::ZERO)
+            .connect(&redis.url())
+            .unwrap()
+    };
+    let a = instance("a", quick(&redis));
+    let b = instance("b", quick(&redis));
+    // Connect both before freezing.
+    get(&a, &server.url("/warm"), &[]).await;
+    a.tier.flush().await;
+    assert!(get(&b, &server.url("/warm"), &[]).await.is_hit());
+
+    redis.signal("STOP");
+    for i in 0..3 {
+        let url = server.url(&format!("/frozen{i}"));
+        let got = get(&b, &url, &[]).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert!(got.body.starts_with(b"/frozen"));
+        assert!(!got.is_hit());
+    }
+    b.tier.flush().await;
+    let frozen = b.tier.stats();
+    // Each miss: one lookup and one write-through, both timed out.
+    assert!(frozen.timeouts >= 6, "{frozen:?}");
+    assert_eq!(frozen.skipped, 0, "circuit disabled");
+
+    redis.signal("CONT");
+    let mut resumed = false;
+    for i in 0..100 {
+        let url = server.url(&format!("/thawed{i}"));
+        get(&a, &url, &[]).await;
+        a.tier.flush().await;
+        if get(&b, &url, &[]).await.is_hit() {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(resumed, "sharing did not resume: {:?}", b.tier.stats());
+}

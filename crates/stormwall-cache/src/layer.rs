@@ -235,7 +235,7 @@ impl CacheLayer {
         self.shared
             .get_or_init(|| {
                 let c = &self.config;
-                Arc::new(Shared {
+                let shared = Arc::new(Shared {
                     rules: c.rules.clone(),
                     name: format_name(&c.name),
                     max_entry_bytes: c.max_entry_bytes,
@@ -250,7 +250,10 @@ impl CacheLayer {
                     counters: Counters::new(),
                     #[cfg(feature = "redis")]
                     redis: c.redis.clone(),
-                })
+                });
+                #[cfg(feature = "redis")]
+                shared.tier_register();
+                shared
             })
             .clone()
     }

@@ -152,10 +152,13 @@
 //! - **Invalidation.** [`CacheHandle::purge`], [`purge_prefix`](CacheHandle::purge_prefix)
 //!   (`SCAN MATCH` on the key namespace, glob characters escaped),
 //!   [`purge_all`](CacheHandle::purge_all) and unsafe-method invalidation (§4.4) delete in
-//!   Redis too, in the background (`RedisTier::flush` waits for them). Other
-//!   instances' local tiers are theirs: they keep serving their copy for its freshness
-//!   lifetime unless purged on that instance as well. Purge every instance (or keep local
-//!   lifetimes short) when that matters.
+//!   Redis too, in the background (`RedisTier::flush` waits for them), and are broadcast on
+//!   the pub/sub channel `<prefix>:purge`: every instance subscribed removes the same keys
+//!   from its local tier. Redis pub/sub keeps nothing, so an instance disconnected at that
+//!   moment misses the message and keeps its local copy until its freshness ends
+//!   (`RedisTierBuilder::broadcast(false)` turns the broadcast off: then purges reach Redis
+//!   and the local tier of the instance they run on only). Purges are not ordered with
+//!   writes still in flight: a write-through started before a purge may land after it.
 //! - **Failures.** Every Redis call has a timeout (default 50 ms); an error or a timeout is a
 //!   miss (the request goes to the origin) or a dropped write, never a failed request, and
 //!   counts in `RedisTierStats` and `stormwall_cache_redis_errors_total`.
@@ -192,6 +195,7 @@
 //! | `stormwall_cache_redis_deletes_total` | counter | keys deleted in Redis by invalidations and purges |
 //! | `stormwall_cache_redis_errors_total` | counter | label `kind` = `error` \| `timeout` \| `decode` |
 //! | `stormwall_cache_redis_skipped_total` | counter | calls skipped (short circuit open, too many pending writes) |
+//! | `stormwall_cache_redis_purges_received_total` | counter | broadcast purges applied to the local tier |
 //!
 //! `tracing` events are emitted at debug level for hits, misses, storage decisions,
 //! invalidations and background revalidations.

@@ -1,8 +1,8 @@
 //! [`RedisTier`]: a shared second tier on Redis behind the in-memory store (feature `redis`).
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -68,6 +68,7 @@ pub struct RedisTierBuilder {
     keep_stale: Duration,
     circuit: (u32, Duration, Duration),
     clock: Clock,
+    broadcast: bool,
 }
 
 impl fmt::Debug for RedisTierBuilder {
@@ -91,6 +92,7 @@ impl Default for RedisTierBuilder {
             keep_stale: Duration::ZERO,
             circuit: (3, Duration::from_millis(100), Duration::from_secs(2)),
             clock: Arc::new(SystemTime::now),
+            broadcast: true,
         }
     }
 }
@@ -161,6 +163,17 @@ impl RedisTierBuilder {
         self
     }
 
+    /// Whether purges and invalidations are broadcast to the other instances (default on):
+    /// each one publishes them on the channel `<prefix>:purge`, and every tier subscribed to
+    /// it removes the same keys from the local tiers of its layers, so that a purge on one
+    /// instance reaches every instance's memory, not only Redis. Messages sent while an
+    /// instance is disconnected from Redis are lost to it (Redis pub/sub keeps nothing):
+    /// its local copies then live until their freshness ends.
+    pub fn broadcast(mut self, yes: bool) -> Self {
+        self.broadcast = yes;
+        self
+    }
+
     /// A tier on one Redis server (or Valkey), e.g. `redis://127.0.0.1:6379/`. Connects
     /// lazily: the tier is returned even if Redis is down (lookups are then misses) and
     /// reconnects by itself. Call it within a Tokio runtime.
@@ -172,28 +185,67 @@ impl RedisTierBuilder {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(RedisTierError)?;
-        Ok(RedisTier {
-            inner: Arc::new(Inner {
-                conn,
-                prefix: self.prefix,
-                timeout: self.timeout,
-                max_value_bytes: self.max_value_bytes,
-                keep_stale: self.keep_stale,
-                clock: self.clock,
-                circuit: Circuit {
-                    threshold: self.circuit.0,
-                    min: self.circuit.1,
-                    max: self.circuit.2,
-                    failures: AtomicU32::new(0),
-                    open: Mutex::new(None),
-                },
-                pending: AtomicUsize::new(0),
-                idle: Notify::new(),
-                counters: Counters::default(),
-            }),
-        })
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(RedisTierError)?;
+        let inner = Arc::new(Inner {
+            conn,
+            prefix: self.prefix,
+            timeout: self.timeout,
+            max_value_bytes: self.max_value_bytes,
+            keep_stale: self.keep_stale,
+            clock: self.clock,
+            circuit: Circuit {
+                threshold: self.circuit.0,
+                min: self.circuit.1,
+                max: self.circuit.2,
+                failures: AtomicU32::new(0),
+                open: Mutex::new(None),
+            },
+            pending: AtomicUsize::new(0),
+            idle: Notify::new(),
+            counters: Counters::default(),
+            broadcast: self.broadcast,
+            locals: Mutex::new(Vec::new()),
+            listener: Mutex::new(None),
+        });
+        if self.broadcast
+            && let Ok(handle) = tokio::runtime::Handle::try_current()
+        {
+            let task = handle.spawn(listen(client, Arc::downgrade(&inner), self.connect_timeout));
+            *inner.listener.lock() = Some(task.abort_handle());
+        }
+        Ok(RedisTier { inner })
+    }
+}
+
+/// The broadcast listener: (re)subscribes to `<prefix>:purge` and applies what arrives to
+/// the local tiers, until the tier is dropped (its `Drop` aborts this task).
+async fn listen(client: ::redis::Client, tier: Weak<Inner>, connect_timeout: Duration) {
+    use futures_core::Stream;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(channel) = tier.upgrade().map(|t| t.channel()) else {
+            return;
+        };
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, RedisError>(pubsub.into_on_message())
+        };
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(connect_timeout, subscribed).await {
+            backoff = Duration::from_millis(50);
+            while let Some(msg) =
+                std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_next(cx)).await
+            {
+                let Some(t) = tier.upgrade() else {
+                    return;
+                };
+                t.apply(msg.get_payload_bytes());
+            }
+        }
+        // Disconnected (or Redis down): try again shortly.
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -248,6 +300,7 @@ struct Counters {
     corrupt: AtomicU64,
     too_large: AtomicU64,
     skipped: AtomicU64,
+    purges_received: AtomicU64,
 }
 
 /// A snapshot of a [`RedisTier`]'s counters ([`RedisTier::stats`]).
@@ -276,6 +329,9 @@ pub struct RedisTierStats {
     pub too_large: u64,
     /// Calls skipped because the short circuit was open (or too many writes were pending).
     pub skipped: u64,
+    /// Purges and invalidations received from the broadcast channel and applied to the
+    /// local tiers (including this instance's own).
+    pub purges_received: u64,
 }
 
 struct Inner {
@@ -289,6 +345,18 @@ struct Inner {
     pending: AtomicUsize,
     idle: Notify,
     counters: Counters,
+    broadcast: bool,
+    /// The layers using this tier (for broadcast purges).
+    locals: Mutex<Vec<Weak<Shared>>>,
+    listener: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.lock().take() {
+            task.abort();
+        }
+    }
 }
 
 /// Most background writes and deletes in flight; beyond it they are dropped (counted in
@@ -305,7 +373,9 @@ const MAX_PENDING: usize = 1024;
 /// response is served (with an `Age` computed from wall-clock timestamps) and copied into
 /// the local tier. Whatever the layer stores is written through to Redis in the background
 /// (`SET … PX`, the entry's remaining useful life). Purges and unsafe-method invalidations
-/// delete in Redis too. See the [crate docs](crate#redis-tier) for the semantics.
+/// delete in Redis too, and are broadcast to the other instances' local tiers
+/// ([`broadcast`](RedisTierBuilder::broadcast)). See the [crate docs](crate#redis-tier) for
+/// the semantics.
 ///
 /// Every failure degrades to "miss": a request never fails or waits longer than the timeout
 /// because of Redis.
@@ -378,6 +448,7 @@ impl RedisTier {
             corrupt: get(&c.corrupt),
             too_large: get(&c.too_large),
             skipped: get(&c.skipped),
+            purges_received: get(&c.purges_received),
         }
     }
 
@@ -430,7 +501,64 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
+/// One broadcast purge: `k <mode> <key>`, `p <mode> <prefix>` or `a <mode> `.
+fn purge_message(kind: char, shared: bool, arg: &str) -> String {
+    format!("{kind} {} {arg}", mode(shared))
+}
+
 impl Inner {
+    fn channel(&self) -> String {
+        format!("{}:purge", self.prefix)
+    }
+
+    /// Applies a broadcast purge to the local tiers of this mode (never back to Redis).
+    fn apply(&self, payload: &[u8]) {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return;
+        };
+        let mut parts = text.splitn(3, ' ');
+        let (Some(kind), Some(m)) = (parts.next(), parts.next()) else {
+            return;
+        };
+        let arg = parts.next().unwrap_or("");
+        let locals: Vec<Arc<Shared>> = {
+            let mut locals = self.locals.lock();
+            locals.retain(|w| w.strong_count() > 0);
+            locals.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut applied = false;
+        for shared in locals.iter().filter(|s| mode(s.rules.shared) == m) {
+            match kind {
+                "k" => {
+                    shared.store.remove(arg);
+                }
+                "p" => {
+                    shared.store.remove_matching(&|k: &str| k.starts_with(arg));
+                }
+                "a" => shared.store.clear(),
+                _ => continue,
+            }
+            applied = true;
+        }
+        if applied {
+            self.counters
+                .purges_received
+                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("stormwall_cache_redis_purges_received_total").increment(1);
+            tracing::debug!(message = text, "stormwall cache: broadcast purge applied");
+        }
+    }
+
+    /// Publishes a purge to the other instances (part of the caller's background work).
+    async fn publish(&self, message: String) {
+        if !self.broadcast {
+            return;
+        }
+        let mut cmd = ::redis::cmd("PUBLISH");
+        cmd.arg(self.channel()).arg(message);
+        let _ = self.call::<u64>(cmd).await;
+    }
+
     fn redis_key(&self, shared: bool, key: &str) -> String {
         format!("{}:{}:{key}", self.prefix, mode(shared))
     }
@@ -568,13 +696,23 @@ impl Shared {
         });
     }
 
-    /// Redis tier: deletes `key` in the background.
+    /// Redis tier: registers this layer's state for broadcast purges.
+    pub(crate) fn tier_register(self: &Arc<Self>) {
+        if let Some(tier) = &self.redis {
+            tier.inner.locals.lock().push(Arc::downgrade(self));
+        }
+    }
+
+    /// Redis tier: deletes `key` in the background, and tells the other instances.
     pub(crate) fn tier_remove(&self, key: &str) {
         if let Some(tier) = &self.redis {
             let redis_key = tier.inner.redis_key(self.rules.shared, key);
+            let message = purge_message('k', self.rules.shared, key);
             let me = tier.inner.clone();
-            tier.inner
-                .spawn(async move { me.delete(vec![redis_key]).await });
+            tier.inner.spawn(async move {
+                me.delete(vec![redis_key]).await;
+                me.publish(message).await;
+            });
         }
     }
 
@@ -586,9 +724,15 @@ impl Shared {
                 .inner
                 .redis_key(self.rules.shared, key_prefix.unwrap_or(""));
             let pattern = format!("{}*", glob_escape(&base));
+            let message = match key_prefix {
+                Some(p) => purge_message('p', self.rules.shared, p),
+                None => purge_message('a', self.rules.shared, ""),
+            };
             let me = tier.inner.clone();
-            tier.inner
-                .spawn(async move { me.delete_matching(pattern).await });
+            tier.inner.spawn(async move {
+                me.delete_matching(pattern).await;
+                me.publish(message).await;
+            });
         }
     }
 }

@@ -315,8 +315,20 @@ async fn private_mode_entries_never_reach_shared_mode() {
     assert_eq!(p.layer.handle().stats().stored, 1);
 }
 
-// Purges on A delete in Redis; B's local copy stays until B purges it too (documented:
-// purges are per instance plus Redis), after which B misses all the way to the origin.
+/// Polls (up to 10 s) until `done` holds, running `step` between tries.
+async fn eventually(mut step: impl AsyncFnMut(), mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        step().await;
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+// Purges on A delete in Redis and are broadcast: B's local tier drops its copy too, and B
+// goes to the origin. With the broadcast off, B's local copy stays until purged on B.
 #[tokio::test]
 async fn purges_delete_in_redis() {
     let redis = RedisServer::start();
@@ -328,19 +340,49 @@ async fn purges_delete_in_redis() {
     get(&a, &url, &[]).await;
     a.tier.flush().await;
     assert!(get(&b, &url, &[]).await.is_hit());
+    assert_eq!(b.layer.handle().stats().entries, 1);
 
     assert!(a.layer.handle().purge(&url));
     a.tier.flush().await;
     assert!(!exists(&redis, &a.tier.key_for(&url, true).unwrap()).await);
-    assert!(
-        get(&b, &url, &[]).await.is_hit(),
-        "B's local tier keeps its copy"
-    );
-    b.layer.handle().purge(&url);
-    b.tier.flush().await;
+    // B's listener may still be subscribing: purge again until the broadcast lands.
+    let purged = eventually(
+        async || {
+            a.layer.handle().purge(&url);
+            a.tier.flush().await;
+        },
+        || b.layer.handle().stats().entries == 0,
+    )
+    .await;
+    assert!(purged, "B kept its copy: {:?}", b.tier.stats());
+    assert!(b.tier.stats().purges_received >= 1);
     let calls = server.calls();
     assert!(!get(&b, &url, &[]).await.is_hit());
     assert_eq!(server.calls(), calls + 1);
+
+    // Without the broadcast: Redis is purged, B's local copy is not.
+    let quiet = |redis: &RedisServer| {
+        RedisTier::builder()
+            .prefix("quiet")
+            .broadcast(false)
+            .connect(&redis.url())
+            .unwrap()
+    };
+    let qa = instance("qa", quiet(&redis));
+    let qb = instance("qb", quiet(&redis));
+    let url = server.url("/quiet");
+    get(&qa, &url, &[]).await;
+    qa.tier.flush().await;
+    assert!(get(&qb, &url, &[]).await.is_hit());
+    qa.layer.handle().purge(&url);
+    qa.tier.flush().await;
+    assert!(!exists(&redis, &qa.tier.key_for(&url, true).unwrap()).await);
+    assert!(
+        get(&qb, &url, &[]).await.is_hit(),
+        "no broadcast: B keeps its copy"
+    );
+    qb.layer.handle().purge(&url);
+    assert!(!get(&qb, &url, &[]).await.is_hit());
 
     // Prefix and everything: glob characters in URLs are matched literally.
     for path in ["/api/x", "/api/y", "/api*/z", "/other"] {
@@ -369,16 +411,28 @@ async fn unsafe_method_invalidates_in_redis() {
     let server = origin().await;
     let wall = Wall::new();
     let a = instance("a", tier(&redis, &wall));
+    let b = instance("b", tier(&redis, &wall));
     let c = instance("c", tier(&redis, &wall));
     let url = server.url("/doc");
     get(&a, &url, &[]).await;
     a.tier.flush().await;
+    assert!(get(&b, &url, &[]).await.is_hit());
     assert!(exists(&redis, &a.tier.key_for(&url, true).unwrap()).await);
     assert_eq!(post(&a, &url).await, StatusCode::OK);
     a.tier.flush().await;
     assert!(!exists(&redis, &a.tier.key_for(&url, true).unwrap()).await);
     let got = get(&c, &url, &[]).await;
     assert!(!got.is_hit(), "{}", got.cache_status());
+    // B's local copy goes too (broadcast; B may still be subscribing: POST until it lands).
+    let dropped = eventually(
+        async || {
+            post(&a, &url).await;
+            a.tier.flush().await;
+        },
+        || b.layer.handle().stats().entries == 0,
+    )
+    .await;
+    assert!(dropped, "B kept its copy: {:?}", b.tier.stats());
 }
 
 // Garbage or another encoding version in Redis is a miss (never a panic), counted; the

@@ -463,7 +463,7 @@ pub(crate) fn write_get_key(
         Some(a) => a.as_str(),
         None => headers.get(http::header::HOST)?.to_str().ok()?.trim(),
     };
-    if authority.is_empty() || authority.contains(['/', ' ', '@']) {
+    if authority.is_empty() || authority.bytes().any(|b| matches!(b, b'/' | b' ' | b'@')) {
         return None;
     }
     let default_port = if scheme.eq_ignore_ascii_case("http") {
@@ -532,8 +532,8 @@ pub(crate) fn invalidation_keys(origin: &str, uri: &Uri, res_headers: &HeaderMap
 }
 
 /// Headers a cache never stores (RFC 9111 §3.1): `Connection` and the fields it names,
-/// hop-by-hop fields and proxy authentication fields.
-pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
+/// hop-by-hop fields and proxy authentication fields. Whether there was anything to strip.
+pub(crate) fn strip_unstorable(headers: &mut HeaderMap) -> bool {
     const CUSTOM: [&str; 3] = [
         "keep-alive",
         "proxy-connection",
@@ -551,7 +551,7 @@ pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
             || CUSTOM.contains(&n.as_str())
     });
     if !any {
-        return;
+        return false;
     }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
@@ -577,6 +577,7 @@ pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
     for n in CUSTOM {
         headers.remove(n);
     }
+    true
 }
 
 /// RFC 9111 §3.2 / §4.3.4: freshen stored headers with those of a 304: every field of the

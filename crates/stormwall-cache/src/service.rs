@@ -502,7 +502,9 @@ where
             Status::fwd(ctx.fwd).detail("upstream-panic"),
         ));
     };
-    let _ = fetch(shared.clone(), inner, req, ctx, slot.clone()).await;
+    // Boxed: this rare path would otherwise make every miss's future (allocated and moved
+    // on each miss) as large as the whole upstream call's.
+    let _ = Box::pin(fetch(shared.clone(), inner, req, ctx, slot.clone())).await;
     let out = slot.lock().take();
     out.unwrap_or_else(|| {
         Ok(synthetic(
@@ -669,12 +671,18 @@ where
         return (Flight::Uncacheable, Ok(res));
     }
     let (mut parts, body) = res.into_parts();
-    policy::strip_unstorable(&mut parts.headers);
+    // `Connection` may name `Cache-Control` itself: parse again if anything was stripped.
+    let res_cc = if policy::strip_unstorable(&mut parts.headers) {
+        ResponseDirectives::from_headers(&parts.headers)
+    } else {
+        res_cc
+    };
     match SharedResponse::buffer(Response::from_parts(parts, body), shared.max_entry_bytes).await {
         Ok(response) => {
-            let entry = Arc::new(Entry::new(
+            let entry = Arc::new(Entry::with_directives(
                 &shared.rules,
                 response,
+                res_cc,
                 &ctx.req_headers,
                 request_time,
                 now,

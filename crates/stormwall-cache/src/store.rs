@@ -80,8 +80,29 @@ impl Entry {
         response_time: Instant,
         response_system: SystemTime,
     ) -> Self {
+        let directives = ResponseDirectives::from_headers(response.headers());
+        Self::with_directives(
+            rules,
+            response,
+            directives,
+            request_headers,
+            request_time,
+            response_time,
+            response_system,
+        )
+    }
+
+    /// [`Entry::new`] with the response's directives already parsed.
+    pub(crate) fn with_directives(
+        rules: &Rules,
+        response: SharedResponse,
+        directives: ResponseDirectives,
+        request_headers: &HeaderMap,
+        request_time: Instant,
+        response_time: Instant,
+        response_system: SystemTime,
+    ) -> Self {
         let headers = response.headers();
-        let directives = ResponseDirectives::from_headers(headers);
         let lifetime = policy::freshness_lifetime(
             rules,
             response.status(),

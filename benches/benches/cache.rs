@@ -14,7 +14,8 @@
 //! (group `hit`, `miss` or `pass`; row `baseline`, `stormwall`, `http-cache-tower` or
 //! `tower-resilience-cache`) the binary runs `n` iterations of one row instead of criterion,
 //! e.g. under `valgrind --tool=callgrind`; the difference between two `n` divided by the
-//! difference of `n` is the cost per iteration, setup excluded.
+//! difference of `n` is the cost per iteration, setup excluded. With `CACHE_AB=<rounds>:<n>`
+//! it times the hit rows interleaved (see `interleaved`) instead.
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
 
@@ -230,9 +231,54 @@ fn callgrind(spec: &str) {
     assert_eq!(total, (n as usize + 1) * BODY.len());
 }
 
+/// `CACHE_AB=<rounds>:<n>`: the hit rows interleaved, `n` iterations of each in turn for
+/// `rounds` rounds, and the median time per iteration of each row (load drift on a shared
+/// machine affects every row alike).
+fn interleaved(spec: &str) {
+    let (rounds, n) = spec.split_once(':').expect("CACHE_AB=<rounds>:<n>");
+    let (rounds, n): (usize, u32) = (rounds.parse().expect("rounds"), n.parse().expect("n"));
+    let rt = runtime();
+    let base = baseline(origin);
+    let ours = stormwall(origin);
+    let trc = tower_resilience(origin);
+    let mut times: [Vec<f64>; 3] = Default::default();
+    rt.block_on(async {
+        fetch(&ours, HIT_URL).await;
+        fetch(&trc, HIT_URL).await;
+        for _ in 0..rounds {
+            macro_rules! time {
+                ($i:expr, $svc:expr) => {{
+                    let start = std::time::Instant::now();
+                    for _ in 0..n {
+                        black_box(fetch(&$svc, HIT_URL).await);
+                    }
+                    times[$i].push(start.elapsed().as_secs_f64() * 1e9 / f64::from(n));
+                }};
+            }
+            time!(0, base);
+            time!(1, ours);
+            time!(2, trc);
+        }
+    });
+    for (name, mut t) in ["baseline", "stormwall", "tower-resilience-cache"]
+        .into_iter()
+        .zip(times)
+    {
+        t.sort_by(f64::total_cmp);
+        println!(
+            "cache/hit/{name}: median {:.0} ns per request ({rounds} rounds of {n})",
+            t[t.len() / 2]
+        );
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var("CACHE_CALLGRIND") {
         callgrind(&spec);
+        return;
+    }
+    if let Ok(spec) = std::env::var("CACHE_AB") {
+        interleaved(&spec);
         return;
     }
     benches();

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use circuit_http::{Request, Response};
 use circuit_tower::{Layer, Service, service_fn};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use stormwall::circuit::{Breaker, BreakerConfig, CircuitBreakerLayer, Window};
 
 type Inner =
@@ -45,46 +45,69 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A named bench row: one call per invocation.
+type Row = (&'static str, Box<dyn FnMut()>);
+
+/// One closed-state call per invocation, for each row of `circuit/closed_call`: the same
+/// closures run under criterion and under the instruction-count mode (see `main`).
+fn closed_rows() -> Vec<Row> {
+    let mut rows: Vec<Row> = Vec::new();
+    let mut svc = inner();
+    rows.push((
+        "baseline (no breaker)",
+        Box::new(move || {
+            black_box(poll_now(svc.call(black_box(Request::new(())))).unwrap());
+        }),
+    ));
+    let layer = CircuitBreakerLayer::new("bench", BreakerConfig::new()).unwrap();
+    let mut svc = layer.layer(inner());
+    rows.push((
+        "stormwall",
+        Box::new(move || {
+            black_box(poll_now(svc.call(black_box(Request::new(())))).unwrap());
+        }),
+    ));
+    let config = BreakerConfig::new().window(Window::Time(60));
+    let layer = CircuitBreakerLayer::new("bench-time", config).unwrap();
+    let mut svc = layer.layer(inner());
+    rows.push((
+        "stormwall (time window)",
+        Box::new(move || {
+            black_box(poll_now(svc.call(black_box(Request::new(())))).unwrap());
+        }),
+    ));
+    let cb = failsafe::Config::new().build();
+    let mut svc = inner();
+    rows.push((
+        "failsafe",
+        Box::new(move || {
+            use failsafe::futures::CircuitBreaker as _;
+            black_box(poll_now(cb.call(svc.call(black_box(Request::new(()))))).unwrap());
+        }),
+    ));
+    let layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .unwrap();
+    let mut svc = layer.layer(inner());
+    rows.push((
+        "tower-resilience-circuitbreaker",
+        Box::new(move || {
+            black_box(poll_now(svc.call(black_box(Request::new(())))).unwrap());
+        }),
+    ));
+    rows
+}
+
 fn closed_call(c: &mut Criterion) {
     // Inside a runtime context, for peers that need one; futures are polled directly.
     let rt = runtime();
     let _guard = rt.enter();
     let mut g = c.benchmark_group("circuit/closed_call");
-
-    g.bench_function("baseline (no breaker)", |b| {
-        let mut svc = inner();
-        b.iter(|| black_box(poll_now(svc.call(Request::new(()))).unwrap()))
-    });
-
-    g.bench_function("stormwall", |b| {
-        let layer = CircuitBreakerLayer::new("bench", BreakerConfig::new()).unwrap();
-        let mut svc = layer.layer(inner());
-        b.iter(|| black_box(poll_now(svc.call(Request::new(()))).unwrap()))
-    });
-
-    g.bench_function("stormwall (time window)", |b| {
-        let config = BreakerConfig::new().window(Window::Time(60));
-        let layer = CircuitBreakerLayer::new("bench-time", config).unwrap();
-        let mut svc = layer.layer(inner());
-        b.iter(|| black_box(poll_now(svc.call(Request::new(()))).unwrap()))
-    });
-
-    g.bench_function("failsafe", |b| {
-        use failsafe::futures::CircuitBreaker as _;
-        let cb = failsafe::Config::new().build();
-        let mut svc = inner();
-        b.iter(|| black_box(poll_now(cb.call(svc.call(Request::new(())))).unwrap()))
-    });
-
-    g.bench_function("tower-resilience-circuitbreaker", |b| {
-        let layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
-            .failure_rate_threshold(0.5)
-            .sliding_window_size(100)
-            .build()
-            .unwrap();
-        let mut svc = layer.layer(inner());
-        b.iter(|| black_box(poll_now(svc.call(Request::new(()))).unwrap()))
-    });
+    for (name, mut row) in closed_rows() {
+        g.bench_function(name, |b| b.iter(&mut row));
+    }
     g.finish();
 
     // Readiness included (tower-resilience does work in poll_ready).
@@ -147,4 +170,46 @@ fn open_reject(c: &mut Criterion) {
 }
 
 criterion_group!(benches, closed_call, state_machine, open_reject);
-criterion_main!(benches);
+
+/// `CIRCUIT_CALLGRIND=N` runs each `circuit/closed_call` row `N` times and exits (no criterion),
+/// for an instruction count that does not depend on the machine's load, or for CPU time:
+///
+/// ```text
+/// CIRCUIT_CALLGRIND=20000 CIRCUIT_ROW=1 valgrind --tool=callgrind \
+///     --toggle-collect='*count_row*' target/release/deps/circuit-<hash> --bench
+/// ```
+///
+/// `CIRCUIT_ROW` picks one row (its index in `closed_rows`: 0 baseline, 1 stormwall, 2 stormwall
+/// time window, 3 failsafe, 4 tower-resilience). Collection is on only inside `count_row`, after
+/// 1,000 warm-up calls; BENCHMARKS.md takes `(Ir(2N) - Ir(N)) / N` per call.
+fn main() {
+    if let Ok(n) = std::env::var("CIRCUIT_CALLGRIND") {
+        let n: u64 = n.parse().expect("CIRCUIT_CALLGRIND=<calls>");
+        let only: Option<usize> = std::env::var("CIRCUIT_ROW")
+            .ok()
+            .map(|r| r.parse().unwrap());
+        let rt = runtime();
+        let _guard = rt.enter();
+        for (i, (name, mut row)) in closed_rows().into_iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            // Warm up (lazy initialisation, first-call paths) outside the counted region.
+            for _ in 0..1_000 {
+                row();
+            }
+            count_row(&mut row, n);
+            println!("{i}\t{name}\t{n} calls");
+        }
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+#[inline(never)]
+fn count_row(row: &mut dyn FnMut(), n: u64) {
+    for _ in 0..n {
+        row();
+    }
+}

@@ -5,6 +5,8 @@
 //! - [`grpc`]: a tonic `Echo` service (generated from `proto/echo.proto` by protox) that counts
 //!   its calls and can attach trailing metadata.
 //! - [`redis`]: starts a private `redis-server` on a free port and stops it on drop.
+//! - [`tcp_fault`]: a fault-injecting TCP proxy for Redis (slow, black hole, reset in the
+//!   middle of a script call, down), on its own thread.
 //!
 //! Everything here binds to `127.0.0.1` only and stops when dropped.
 
@@ -12,6 +14,7 @@ pub mod fault;
 pub mod grpc;
 pub mod http;
 pub mod redis;
+pub mod tcp_fault;
 
 use std::net::{SocketAddr, TcpListener};
 

@@ -13,9 +13,15 @@ pub struct RedisServer {
 
 impl RedisServer {
     /// Starts `redis-server` on a free port (no persistence) and waits until it accepts
-    /// connections.
+    /// connections. If another process takes the port between its reservation and the
+    /// server's bind (tests run in parallel processes), tries another port.
     pub fn start() -> Self {
-        Self::start_on(crate::free_port())
+        for _ in 0..10 {
+            if let Some(server) = Self::try_start(crate::free_port(), &[]) {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on 10 free ports");
     }
 
     /// Starts `redis-server` on `port` (used to restart a killed server on the same port).
@@ -25,6 +31,11 @@ impl RedisServer {
 
     /// Starts `redis-server` on `port` with extra arguments (e.g. `--cluster-enabled yes`).
     pub fn start_with(port: u16, extra: &[&str]) -> Self {
+        Self::try_start(port, extra)
+            .unwrap_or_else(|| panic!("redis-server could not start on port {port} (in use?)"))
+    }
+
+    fn try_start(port: u16, extra: &[&str]) -> Option<Self> {
         let dir = std::env::temp_dir().join(format!("stormwall-redis-{port}"));
         let _ = std::fs::create_dir_all(&dir);
         let child = Command::new("redis-server")
@@ -38,19 +49,28 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is not installed: run scripts/test, which installs it");
-        let server = Self {
+        let mut server = Self {
             port,
             child: Some(child),
         };
-        server.wait_ready();
-        server
+        server.wait_ready().then_some(server)
     }
 
-    fn wait_ready(&self) {
+    /// Waits until *this* server answers on its port (another process's server on the same
+    /// port does not count: its `process_id` differs); `false` if the child exited (could not
+    /// bind the port).
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            let Some(child) = self.child.as_mut() else {
+                return false;
+            };
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return false;
+            }
+            if server_pid(self.port) == Some(child.id()) {
+                return true;
             }
             std::thread::yield_now();
             std::thread::park_timeout(Duration::from_millis(20));
@@ -61,6 +81,11 @@ impl RedisServer {
     /// The port the server listens on.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -90,6 +115,30 @@ impl RedisServer {
                 .status();
         }
     }
+}
+
+/// The `process_id` the server on `port` reports (`INFO server`), if one answers.
+fn server_pid(port: u16) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n").ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while buf.len() < 64 * 1024 {
+        let n = s.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(rest) = text.split("process_id:").nth(1)
+            && let Some((pid, _)) = rest.split_once("\r\n")
+        {
+            return pid.trim().parse().ok();
+        }
+    }
+    None
 }
 
 impl Drop for RedisServer {

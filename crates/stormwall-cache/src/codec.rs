@@ -249,16 +249,17 @@ pub(crate) fn decode(
         };
         let elapsed = wall_ms.saturating_sub(stored_at);
         let response = SharedResponse::from_parts(status, headers, body, trailers);
-        out.push(Arc::new(Entry {
-            directives: ResponseDirectives::from_headers(response.headers()),
+        let directives = ResponseDirectives::from_headers(response.headers());
+        out.push(Arc::new(Entry::from_parts(
             response,
             vary,
-            freshness: Freshness {
+            directives,
+            Freshness {
                 response_time: now,
                 corrected_initial_age: Duration::from_millis(age.saturating_add(elapsed)),
                 lifetime: Duration::from_millis(lifetime),
             },
-        }));
+        )));
     }
     if !r.buf.is_empty() {
         return None;
@@ -315,12 +316,12 @@ mod tests {
         };
         let star = {
             let e = entry(&rules, &HeaderMap::new(), "0", false);
-            Arc::new(Entry {
-                response: e.response.clone(),
-                vary: VaryKey::Star,
-                directives: e.directives.clone(),
-                freshness: e.freshness.clone(),
-            })
+            Arc::new(Entry::from_parts(
+                e.response.clone(),
+                VaryKey::Star,
+                e.directives.clone(),
+                e.freshness.clone(),
+            ))
         };
         (
             vec![

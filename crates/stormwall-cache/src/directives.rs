@@ -93,38 +93,52 @@ struct Member<'a> {
 }
 
 /// Splits a `Cache-Control` value into members, honouring quoted strings. Never panics.
+/// Lazily, without allocating.
 fn members(value: &str) -> impl Iterator<Item = Member<'_>> {
-    let bytes = value.as_bytes();
-    let mut parts = Vec::new();
-    let mut start = 0;
-    let mut in_quotes = false;
-    let mut escaped = false;
-    for (i, &b) in bytes.iter().enumerate() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match b {
-            b'\\' if in_quotes => escaped = true,
-            b'"' => in_quotes = !in_quotes,
-            b',' if !in_quotes => {
-                parts.push(&value[start..i]);
-                start = i + 1;
+    let mut rest = Some(value);
+    std::iter::from_fn(move || {
+        loop {
+            let s = rest?;
+            let bytes = s.as_bytes();
+            let mut in_quotes = false;
+            let mut escaped = false;
+            let mut end = None;
+            for (i, &b) in bytes.iter().enumerate() {
+                if escaped {
+                    escaped = false;
+                    continue;
+                }
+                match b {
+                    b'\\' if in_quotes => escaped = true,
+                    b'"' => in_quotes = !in_quotes,
+                    b',' if !in_quotes => {
+                        end = Some(i);
+                        break;
+                    }
+                    _ => {}
+                }
             }
-            _ => {}
+            // `,` is ASCII: both slices are on character boundaries.
+            let part = match end {
+                Some(i) => {
+                    rest = Some(&s[i + 1..]);
+                    &s[..i]
+                }
+                None => {
+                    rest = None;
+                    s
+                }
+            };
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            let (name, value) = match part.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (part, None),
+            };
+            return Some(Member { name, value });
         }
-    }
-    parts.push(&value[start..]);
-    parts.into_iter().filter_map(|part| {
-        let part = part.trim();
-        if part.is_empty() {
-            return None;
-        }
-        let (name, value) = match part.split_once('=') {
-            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
-            None => (part, None),
-        };
-        Some(Member { name, value })
     })
 }
 

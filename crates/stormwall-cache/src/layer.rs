@@ -1,19 +1,19 @@
 //! [`CacheLayer`]: configuration and the shared cache state.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use http::{HeaderMap, Method, StatusCode, Uri};
-use parking_lot::Mutex;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use parking_lot::{Mutex, RwLock};
 use stormwall_coalesce::Group;
 use tower_layer::Layer;
 
 use crate::policy::{self, Rules};
 use crate::service::{Cache, Flight};
 use crate::stats::{CacheStats, Counters};
-use crate::status::format_name;
+use crate::status::{Status, format_name};
 use crate::store::{MemoryStore, Store};
 
 /// What the [`CacheLayer::predicate`] sees about a response the RFC rules allow storing.
@@ -59,9 +59,32 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<crate::tier::RedisTier>,
+    /// Rendered `Cache-Status` values without a `ttl` (forwarded responses), by status: a
+    /// pass-through clones one instead of formatting it.
+    status_memo: RwLock<HashMap<Status, HeaderValue, foldhash::fast::RandomState>>,
 }
 
+/// Most distinct `ttl`-less `Cache-Status` values remembered (a handful in practice: the
+/// reasons times the origin's status codes).
+const STATUS_MEMO_MAX: usize = 256;
+
 impl Shared {
+    /// This cache's `Cache-Status` member for `st`.
+    pub(crate) fn status_header(&self, st: Status) -> HeaderValue {
+        if st.ttl.is_some() {
+            return st.to_header(&self.name);
+        }
+        if let Some(v) = self.status_memo.read().get(&st) {
+            return v.clone();
+        }
+        let v = st.to_header(&self.name);
+        let mut memo = self.status_memo.write();
+        if memo.len() < STATUS_MEMO_MAX {
+            memo.insert(st, v.clone());
+        }
+        v
+    }
+
     pub(crate) fn remove_key(&self, key: &str) -> bool {
         let removed = self.store.remove(key);
         #[cfg(feature = "redis")]
@@ -248,6 +271,7 @@ impl CacheLayer {
                     group: Group::named("cache").max_waiters(c.max_waiters),
                     refreshing: Mutex::new(HashSet::new()),
                     counters: Counters::new(),
+                    status_memo: RwLock::new(HashMap::default()),
                     #[cfg(feature = "redis")]
                     redis: c.redis.clone(),
                 });

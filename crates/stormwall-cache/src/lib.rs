@@ -65,7 +65,13 @@
 //!   `s-maxage` or `must-revalidate` allow it. `Connection`-named and hop-by-hop headers are
 //!   not stored (§3.1). A response needs explicit freshness, a heuristically cacheable status,
 //!   or the configured [default TTL](CacheLayer::default_ttl). On top of these rules, an
-//!   optional [predicate](CacheLayer::predicate).
+//!   optional [predicate](CacheLayer::predicate). A response with no freshness information
+//!   at all (no `max-age`/`s-maxage`/`Expires`/`Last-Modified`, no default TTL), no `ETag`
+//!   and no stale grace is not stored either: no later request could be answered from it
+//!   without the origin (`detail=no-freshness`).
+//! - **Pass-through**: whether a response will be stored is decided from its head (status,
+//!   `Cache-Control`, `Vary: *`, `Set-Cookie`, declared `Content-Length` over the per-entry
+//!   cap, …); one that will not be is handed to the caller as it streams, never buffered.
 //! - **Key (§4, §4.1)**: method + scheme + authority (the URI's, else `Host`) + path + query.
 //!   `Vary` makes secondary keys; several variants per URL are kept; `Vary: *` never matches.
 //! - **Freshness (§4.2)**: `s-maxage` (shared), `max-age`, `Expires − Date` (an invalid

@@ -190,6 +190,33 @@ pub(crate) fn storable(
     }
 }
 
+/// Whether storing a response that [`storable`] allows could ever pay off. A response with no
+/// freshness information at all (no `max-age`, `s-maxage` in a shared cache, `Expires`, no
+/// `Last-Modified` for a heuristic, no default TTL) is stale the moment it is stored; without
+/// a validator (`ETag`) to revalidate it and without any stale grace (`stale-while-revalidate`
+/// or `stale-if-error` from the response, the request or the configured defaults; the
+/// request's `max-stale`), no later request could be answered from it. Such responses (a
+/// typical API response) are forwarded as they stream instead of being buffered and stored.
+pub(crate) fn worth_storing(
+    rules: &Rules,
+    req_cc: &RequestDirectives,
+    res_headers: &HeaderMap,
+    res_cc: &ResponseDirectives,
+) -> bool {
+    res_cc.max_age.is_some()
+        || (rules.shared && res_cc.s_maxage.is_some())
+        || rules.default_ttl.is_some()
+        || res_cc.stale_while_revalidate.is_some()
+        || res_cc.stale_if_error.is_some()
+        || !rules.default_swr.is_zero()
+        || !rules.default_sie.is_zero()
+        || req_cc.max_stale.is_some()
+        || req_cc.stale_if_error.is_some()
+        || res_headers.contains_key(EXPIRES)
+        || res_headers.contains_key(LAST_MODIFIED)
+        || res_headers.contains_key(ETAG)
+}
+
 /// Parses an HTTP date header; `Err(())` if present but invalid.
 fn date_header(headers: &HeaderMap, name: HeaderName) -> Result<Option<SystemTime>, ()> {
     match headers.get(name) {
@@ -417,6 +444,7 @@ pub(crate) fn primary_key(method: &Method, origin: &str, uri: &Uri) -> String {
 
 /// The primary key of a `GET` request in one allocation (the hit path): same result as
 /// `primary_key(GET, request_origin(..), uri)`.
+#[cfg(test)]
 pub(crate) fn get_key(uri: &Uri, headers: &HeaderMap, default_scheme: &str) -> Option<String> {
     let mut key = String::new();
     write_get_key(&mut key, uri, headers, default_scheme)?;
@@ -435,7 +463,7 @@ pub(crate) fn write_get_key(
         Some(a) => a.as_str(),
         None => headers.get(http::header::HOST)?.to_str().ok()?.trim(),
     };
-    if authority.is_empty() || authority.contains(['/', ' ', '@']) {
+    if authority.is_empty() || authority.bytes().any(|b| matches!(b, b'/' | b' ' | b'@')) {
         return None;
     }
     let default_port = if scheme.eq_ignore_ascii_case("http") {
@@ -453,13 +481,11 @@ pub(crate) fn write_get_key(
     let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
     key.reserve(7 + scheme.len() + authority.len() + pq.len());
     key.push_str("GET ");
-    for c in scheme.chars() {
-        key.push(c.to_ascii_lowercase());
-    }
+    let start = key.len();
+    key.push_str(scheme);
     key.push_str("://");
-    for c in authority.chars() {
-        key.push(c.to_ascii_lowercase());
-    }
+    key.push_str(authority);
+    key[start..].make_ascii_lowercase();
     key.push_str(pq);
     Some(())
 }
@@ -506,8 +532,27 @@ pub(crate) fn invalidation_keys(origin: &str, uri: &Uri, res_headers: &HeaderMap
 }
 
 /// Headers a cache never stores (RFC 9111 §3.1): `Connection` and the fields it names,
-/// hop-by-hop fields and proxy authentication fields.
-pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
+/// hop-by-hop fields and proxy authentication fields. Whether there was anything to strip.
+pub(crate) fn strip_unstorable(headers: &mut HeaderMap) -> bool {
+    const CUSTOM: [&str; 3] = [
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authentication-info",
+    ];
+    // Most responses carry none of these: one pass over the names instead of ten removals.
+    let any = headers.keys().any(|n| {
+        n == CONNECTION
+            || n == TE
+            || n == TRANSFER_ENCODING
+            || n == UPGRADE
+            || n == TRAILER
+            || n == PROXY_AUTHENTICATE
+            || n == PROXY_AUTHORIZATION
+            || CUSTOM.contains(&n.as_str())
+    });
+    if !any {
+        return false;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -529,13 +574,10 @@ pub(crate) fn strip_unstorable(headers: &mut HeaderMap) {
     ] {
         headers.remove(n);
     }
-    for n in [
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authentication-info",
-    ] {
+    for n in CUSTOM {
         headers.remove(n);
     }
+    true
 }
 
 /// RFC 9111 §3.2 / §4.3.4: freshen stored headers with those of a 304: every field of the
@@ -638,6 +680,7 @@ pub(crate) enum Use {
 }
 
 /// RFC 9111 §4.2, §4.3, §5.2.1, RFC 5861: decides how a stored response may be used.
+#[cfg(test)]
 pub(crate) fn decide(
     rules: &Rules,
     fresh: &Freshness,
@@ -645,7 +688,17 @@ pub(crate) fn decide(
     req_cc: &RequestDirectives,
     now: Instant,
 ) -> Use {
-    let age = fresh.current_age(now);
+    decide_at(rules, fresh, res_cc, req_cc, fresh.current_age(now))
+}
+
+/// [`decide`] for a stored response whose current age is `age`.
+pub(crate) fn decide_at(
+    rules: &Rules,
+    fresh: &Freshness,
+    res_cc: &ResponseDirectives,
+    req_cc: &RequestDirectives,
+    age: Duration,
+) -> Use {
     let forbids_stale = res_cc.forbids_stale(rules.shared);
     let staleness = age.saturating_sub(fresh.lifetime);
     let is_fresh = fresh.lifetime > age;
@@ -702,21 +755,36 @@ pub(crate) fn is_error_status(status: StatusCode) -> bool {
 
 /// A `ttl` in whole seconds, negative when stale (RFC 9211 §2.7).
 pub(crate) fn ttl_secs(fresh: &Freshness, now: Instant) -> i64 {
-    // Whole seconds, consistent with the `Age` header (both truncated).
-    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    secs(fresh.lifetime).saturating_sub(secs(fresh.current_age(now)))
+    ttl_at(fresh, fresh.current_age(now))
 }
 
-/// The `Age` header value for a served stored response (§5.1).
-pub(crate) fn age_value(fresh: &Freshness, now: Instant) -> HeaderValue {
+/// [`ttl_secs`] for a stored response whose current age is `age`.
+pub(crate) fn ttl_at(fresh: &Freshness, age: Duration) -> i64 {
+    // Whole seconds, consistent with the `Age` header (both truncated).
+    let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    secs(fresh.lifetime).saturating_sub(secs(age))
+}
+
+/// The current age (`age`) in whole seconds, as sent in `Age` (§5.1: capped).
+pub(crate) fn age_secs(age: Duration) -> u64 {
+    age.as_secs().min(MAX_DELTA_SECONDS)
+}
+
+/// The `Age` header value for `secs` (from [`age_secs`]).
+pub(crate) fn age_header(secs: u64) -> HeaderValue {
     /// Preformatted small ages: cloning one is a reference-count increment, not an allocation.
     static SMALL: std::sync::LazyLock<Vec<HeaderValue>> =
         std::sync::LazyLock::new(|| (0..=600u64).map(HeaderValue::from).collect());
-    let secs = fresh.current_age(now).as_secs().min(MAX_DELTA_SECONDS);
     match SMALL.get(secs as usize) {
         Some(v) => v.clone(),
         None => HeaderValue::from(secs),
     }
+}
+
+/// The `Age` header value for a served stored response (§5.1).
+#[cfg(test)]
+pub(crate) fn age_value(fresh: &Freshness, now: Instant) -> HeaderValue {
+    age_header(age_secs(fresh.current_age(now)))
 }
 
 #[cfg(test)]

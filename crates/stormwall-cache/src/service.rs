@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AGE, CONTENT_LENGTH};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::header::{self, AGE, CONTENT_LENGTH, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use parking_lot::Mutex;
 use stormwall_core::SharedResponse;
@@ -25,6 +25,12 @@ use crate::store::Entry;
 
 thread_local! {
     static KEY: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+/// The key `call` just built in [`KEY`], as an owned string (for the paths going upstream).
+/// Valid until the next key is built on this thread: `call` takes it before returning.
+fn built_key() -> String {
+    KEY.with_borrow(|k| k.clone())
 }
 
 /// What one upstream call produced, as shared with the requests that waited for it.
@@ -122,12 +128,16 @@ fn synthetic<B>(shared: &Shared, code: StatusCode, st: Status) -> Response<Respo
     let mut res = Response::new(ResponseBody::empty());
     *res.status_mut() = code;
     res.headers_mut()
-        .append(CACHE_STATUS.clone(), st.to_header(&shared.name));
+        .append(CACHE_STATUS.clone(), shared.status_header(st));
     res
 }
 
 /// Builds the response for a stored entry: a 304 if the client's validators match, else the
 /// stored response; with `Age` and `Cache-Status`.
+///
+/// The headers are one clone of the entry's pre-built map (stored headers plus `Age` and
+/// `Cache-Status` slots) whose two slots are overwritten; a plain hit takes both values from
+/// the entry's memo.
 pub(crate) fn serve<B>(
     shared: &Shared,
     entry: &Entry,
@@ -135,49 +145,76 @@ pub(crate) fn serve<B>(
     now: Instant,
     st: Status,
 ) -> Response<ResponseBody<B>> {
-    let stored = entry.response.headers();
-    // Copy the stored headers into a map sized for the two we add (a plain clone has no
-    // spare capacity and would reallocate on the first insert).
-    let mut headers = HeaderMap::with_capacity(stored.len() + 2);
-    let mut last = None;
-    for (name, value) in stored {
-        if last != Some(name) {
-            headers.insert(name.clone(), value.clone());
-            last = Some(name);
-        } else {
-            headers.append(name.clone(), value.clone());
-        }
+    let conditional = policy::has_client_conditionals(req_headers);
+    let age = entry.freshness.current_age(now);
+    serve_with(shared, entry, req_headers, conditional, age, st)
+}
+
+/// [`serve`], with whether the request carries validators and the entry's current age
+/// already known.
+fn serve_with<B>(
+    shared: &Shared,
+    entry: &Entry,
+    req_headers: &HeaderMap,
+    conditional: bool,
+    age: Duration,
+    st: Status,
+) -> Response<ResponseBody<B>> {
+    let mut headers = entry.served.clone();
+    let age_secs = policy::age_secs(age);
+    let (age, status) = if st.is_plain_hit() {
+        entry.hit_headers(age_secs, &shared.name, || st.to_header(&shared.name))
+    } else {
+        (policy::age_header(age_secs), shared.status_header(st))
+    };
+    if let Some(slot) = headers.get_mut(AGE) {
+        *slot = age;
     }
-    let mut res = if policy::has_client_conditionals(req_headers)
-        && policy::not_modified_for(req_headers, stored)
-    {
+    if entry.own_status_only {
+        if let Some(slot) = headers.get_mut(&CACHE_STATUS) {
+            *slot = status;
+        }
+    } else {
+        set_last(&mut headers, &CACHE_STATUS, status);
+    }
+    let stored = &entry.response;
+    let mut res = if conditional && policy::not_modified_for(req_headers, stored.headers()) {
         headers.remove(CONTENT_LENGTH);
         let mut res = Response::new(ResponseBody::empty());
         *res.status_mut() = StatusCode::NOT_MODIFIED;
         res
     } else {
-        let shared = &entry.response;
         let mut res = Response::new(ResponseBody::buffered(
-            shared.body().clone(),
-            shared.trailers().cloned(),
+            stored.body().clone(),
+            stored.trailers().cloned(),
         ));
-        *res.status_mut() = shared.status();
-        *res.version_mut() = shared.version();
-        *res.extensions_mut() = shared.extensions().clone();
+        *res.status_mut() = stored.status();
+        *res.version_mut() = stored.version();
+        if !stored.extensions().is_empty() {
+            *res.extensions_mut() = stored.extensions().clone();
+        }
         res
     };
-    headers.insert(AGE, policy::age_value(&entry.freshness, now));
-    headers.append(CACHE_STATUS.clone(), st.to_header(&shared.name));
     *res.headers_mut() = headers;
     res
 }
 
-fn select(variants: &[Arc<Entry>], req_headers: &HeaderMap) -> Option<Arc<Entry>> {
-    variants
-        .iter()
-        .rev()
-        .find(|e| e.vary.matches(req_headers))
-        .cloned()
+/// Overwrites the last value of `name` (our slot, after those the origin sent).
+fn set_last(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match headers.entry(name) {
+        header::Entry::Occupied(mut e) => {
+            if let Some(last) = e.iter_mut().last() {
+                *last = value;
+            }
+        }
+        header::Entry::Vacant(e) => {
+            e.insert(value);
+        }
+    }
+}
+
+fn select<'a>(variants: &'a [Arc<Entry>], req_headers: &HeaderMap) -> Option<&'a Arc<Entry>> {
+    variants.iter().rev().find(|e| e.vary.matches(req_headers))
 }
 
 fn store_entry(shared: &Shared, key: &str, entry: Arc<Entry>) {
@@ -216,13 +253,13 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = &self.shared;
         let method = req.method();
         if policy::is_unsafe(method) {
-            return ResponseFuture::upstream(Box::pin(unsafe_call(shared.clone(), inner, req)));
+            let inner = self.take_inner();
+            let shared = self.shared.clone();
+            return ResponseFuture::upstream(Box::pin(unsafe_call(shared, inner, req)));
         }
+        let shared = &self.shared;
         let flags = policy::RequestFlags::scan(req.headers());
         let scheme = shared.rules.default_scheme;
         // The hit path builds the key in a reused thread-local buffer: no allocation.
@@ -241,59 +278,59 @@ where
             } else {
                 Fwd::Method
             };
-            return ResponseFuture::upstream(Box::pin(passthrough(
-                shared.clone(),
-                inner,
-                req,
-                fwd,
-            )));
+            let shared = shared.clone();
+            let inner = self.take_inner();
+            return ResponseFuture::upstream(Box::pin(passthrough(shared, inner, req, fwd)));
         };
         let req_cc = if flags.directives {
             RequestDirectives::from_headers(req.headers())
         } else {
             RequestDirectives::default()
         };
-        let now = Instant::now();
         let mut fwd = Fwd::UriMiss;
         let mut validating = None;
         let mut stale_if_error = None;
-        if let Some(variants) = found {
+        if let Some(variants) = &found {
             fwd = Fwd::VaryMiss;
-            if let Some(entry) = select(&variants, req.headers()) {
-                match policy::decide(
+            if let Some(entry) = select(variants, req.headers()) {
+                let age = entry.freshness.current_age(Instant::now());
+                match policy::decide_at(
                     &shared.rules,
                     &entry.freshness,
                     &entry.directives,
                     &req_cc,
-                    now,
+                    age,
                 ) {
                     Use::Serve { stale } => {
                         shared.counters.hits.bump();
-                        let mut st = Status::hit(policy::ttl_secs(&entry.freshness, now));
+                        let mut st = Status::hit(policy::ttl_at(&entry.freshness, age));
                         if stale {
                             shared.counters.stale_served.bump();
                             st = st.detail("max-stale");
                         }
                         tracing::debug!(uri = %req.uri(), stale, "cache hit");
-                        return ResponseFuture::ready(serve(
+                        return ResponseFuture::ready(serve_with(
                             shared,
-                            &entry,
+                            entry,
                             req.headers(),
-                            now,
+                            flags.conditionals,
+                            age,
                             st,
                         ));
                     }
                     Use::StaleWhileRevalidate => {
                         shared.counters.hits.bump();
                         shared.counters.stale_served.bump();
-                        let mut st = Status::hit(policy::ttl_secs(&entry.freshness, now))
+                        let mut st = Status::hit(policy::ttl_at(&entry.freshness, age))
                             .detail("stale-while-revalidate");
                         st.fwd = Some(Fwd::Stale);
-                        let res = serve(shared, &entry, req.headers(), now, st);
+                        let res =
+                            serve_with(shared, entry, req.headers(), flags.conditionals, age, st);
                         tracing::debug!(uri = %req.uri(), "cache hit (stale-while-revalidate)");
-                        let key = policy::get_key(req.uri(), req.headers(), scheme)
-                            .expect("the key was built above");
-                        spawn_refresh(shared.clone(), inner, &req, key, entry, req_cc);
+                        let key = built_key();
+                        let (shared, entry) = (shared.clone(), entry.clone());
+                        let inner = self.take_inner();
+                        spawn_refresh(shared, inner, &req, key, entry, req_cc);
                         return ResponseFuture::ready(res);
                     }
                     Use::Validate {
@@ -301,14 +338,14 @@ where
                         stale_if_error: sie,
                     } => {
                         fwd = if request { Fwd::Request } else { Fwd::Stale };
-                        validating = Some(entry);
+                        validating = Some(entry.clone());
                         stale_if_error = sie;
                     }
                 }
             }
         }
-        let key =
-            policy::get_key(req.uri(), req.headers(), scheme).expect("the key was built above");
+        drop(found);
+        let key = built_key();
         if req_cc.only_if_cached {
             tracing::debug!(key = %key, "only-if-cached: nothing usable stored");
             return ResponseFuture::ready(synthetic(
@@ -328,7 +365,18 @@ where
             validating,
             stale_if_error,
         };
-        ResponseFuture::upstream(Box::pin(miss(shared.clone(), inner, req, ctx)))
+        let shared = shared.clone();
+        let inner = self.take_inner();
+        ResponseFuture::upstream(Box::pin(miss(shared, inner, req, ctx)))
+    }
+}
+
+impl<S: Clone> Cache<S> {
+    /// The inner service for a call going upstream, leaving a clone in its place (the one
+    /// `poll_ready` was called on goes with the request). Hits never need it.
+    fn take_inner(&mut self) -> S {
+        let clone = self.inner.clone();
+        std::mem::replace(&mut self.inner, clone)
     }
 }
 
@@ -342,7 +390,7 @@ where
 
 fn add_status<B>(shared: &Shared, res: &mut Response<B>, st: Status) {
     res.headers_mut()
-        .append(CACHE_STATUS.clone(), st.to_header(&shared.name));
+        .append(CACHE_STATUS.clone(), shared.status_header(st));
 }
 
 async fn passthrough<S, ReqB, ResB>(
@@ -465,7 +513,9 @@ where
             Status::fwd(ctx.fwd).detail("upstream-panic"),
         ));
     };
-    let _ = fetch(shared.clone(), inner, req, ctx, slot.clone()).await;
+    // Boxed: this rare path would otherwise make every miss's future (allocated and moved
+    // on each miss) as large as the whole upstream call's.
+    let _ = Box::pin(fetch(shared.clone(), inner, req, ctx, slot.clone())).await;
     let out = slot.lock().take();
     out.unwrap_or_else(|| {
         Ok(synthetic(
@@ -603,6 +653,15 @@ where
         res.headers(),
         &res_cc,
     );
+    if verdict.is_ok() && !policy::worth_storing(&shared.rules, &ctx.req_cc, res.headers(), &res_cc)
+    {
+        verdict = Err(NotStorable::NoFreshness);
+        // What the stored response is being revalidated into would not be stored: drop the
+        // old one rather than keep validating it.
+        if ctx.validating.is_some() {
+            shared.store.remove(&ctx.key);
+        }
+    }
     if verdict.is_ok()
         && let Some(predicate) = &shared.predicate
         && !predicate(&Candidate {
@@ -623,12 +682,18 @@ where
         return (Flight::Uncacheable, Ok(res));
     }
     let (mut parts, body) = res.into_parts();
-    policy::strip_unstorable(&mut parts.headers);
+    // `Connection` may name `Cache-Control` itself: parse again if anything was stripped.
+    let res_cc = if policy::strip_unstorable(&mut parts.headers) {
+        ResponseDirectives::from_headers(&parts.headers)
+    } else {
+        res_cc
+    };
     match SharedResponse::buffer(Response::from_parts(parts, body), shared.max_entry_bytes).await {
         Ok(response) => {
-            let entry = Arc::new(Entry::new(
+            let entry = Arc::new(Entry::with_directives(
                 &shared.rules,
                 response,
+                res_cc,
                 &ctx.req_headers,
                 request_time,
                 now,

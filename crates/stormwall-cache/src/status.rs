@@ -7,7 +7,7 @@ use http::header::HeaderName;
 pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Why a request went forward (RFC 9211 §2.2 `fwd`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Fwd {
     Bypass,
     Method,
@@ -31,7 +31,7 @@ impl Fwd {
 }
 
 /// One cache's member of `Cache-Status`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Status {
     pub(crate) hit: bool,
     pub(crate) fwd: Option<Fwd>,
@@ -49,6 +49,16 @@ impl Status {
             ttl: Some(ttl),
             ..Self::default()
         }
+    }
+
+    /// A fresh hit and nothing else: the `Cache-Status` an entry memoizes.
+    pub(crate) fn is_plain_hit(&self) -> bool {
+        self.hit
+            && self.fwd.is_none()
+            && self.fwd_status.is_none()
+            && !self.stored
+            && !self.collapsed
+            && self.detail.is_none()
     }
 
     pub(crate) fn fwd(fwd: Fwd) -> Self {

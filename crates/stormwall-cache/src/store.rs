@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use http::HeaderMap;
+use http::header::AGE;
+use http::{HeaderMap, HeaderValue};
 use moka::notification::RemovalCause;
+use parking_lot::Mutex;
 use stormwall_core::SharedResponse;
 use stormwall_core::time::Instant;
 
 use crate::directives::ResponseDirectives;
 use crate::policy::{self, Freshness, Rules, VaryKey};
+use crate::status::CACHE_STATUS;
 
 /// One stored response (one variant of a URL): the buffered response, the secondary key its
 /// `Vary` header selects, and the freshness facts computed when it was received.
@@ -20,6 +23,40 @@ pub struct Entry {
     pub(crate) vary: VaryKey,
     pub(crate) directives: ResponseDirectives,
     pub(crate) freshness: Freshness,
+    /// The stored headers as served: with an `Age` slot and, last, a `Cache-Status` slot, so
+    /// that serving clones one map and overwrites two values (no insert, no reallocation).
+    pub(crate) served: HeaderMap,
+    /// Whether the `Cache-Status` slot is the only `Cache-Status` value (the origin sent
+    /// none): then it is overwritten without walking the values.
+    pub(crate) own_status_only: bool,
+    /// The `Age` and `Cache-Status` of a plain hit, as last rendered (they change once a
+    /// second): a hit clones them instead of formatting.
+    hit_memo: Mutex<Option<HitMemo>>,
+}
+
+/// `Age` and a plain hit's `Cache-Status` at one age (in whole seconds).
+struct HitMemo {
+    age_secs: u64,
+    age: HeaderValue,
+    status: HeaderValue,
+}
+
+/// The headers a stored response is served with: its own, then `Age` and `Cache-Status`
+/// placeholders (overwritten on every use; see [`Entry::served`]).
+fn served_headers(stored: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(stored.len() + 2);
+    let mut last = None;
+    for (name, value) in stored {
+        if last != Some(name) {
+            headers.insert(name.clone(), value.clone());
+            last = Some(name);
+        } else {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers.insert(AGE, HeaderValue::from_static("0"));
+    headers.append(CACHE_STATUS.clone(), HeaderValue::from_static("-"));
+    headers
 }
 
 impl fmt::Debug for Entry {
@@ -43,8 +80,29 @@ impl Entry {
         response_time: Instant,
         response_system: SystemTime,
     ) -> Self {
+        let directives = ResponseDirectives::from_headers(response.headers());
+        Self::with_directives(
+            rules,
+            response,
+            directives,
+            request_headers,
+            request_time,
+            response_time,
+            response_system,
+        )
+    }
+
+    /// [`Entry::new`] with the response's directives already parsed.
+    pub(crate) fn with_directives(
+        rules: &Rules,
+        response: SharedResponse,
+        directives: ResponseDirectives,
+        request_headers: &HeaderMap,
+        request_time: Instant,
+        response_time: Instant,
+        response_system: SystemTime,
+    ) -> Self {
         let headers = response.headers();
-        let directives = ResponseDirectives::from_headers(headers);
         let lifetime = policy::freshness_lifetime(
             rules,
             response.status(),
@@ -62,8 +120,59 @@ impl Entry {
                 corrected_initial_age,
                 lifetime,
             },
+            served: served_headers(headers),
+            own_status_only: !headers.contains_key(&CACHE_STATUS),
+            hit_memo: Mutex::new(None),
             response,
         }
+    }
+
+    /// An entry from facts computed elsewhere (an entry read back from a shared tier).
+    pub(crate) fn from_parts(
+        response: SharedResponse,
+        vary: VaryKey,
+        directives: ResponseDirectives,
+        freshness: Freshness,
+    ) -> Self {
+        let headers = response.headers();
+        Self {
+            vary,
+            directives,
+            freshness,
+            served: served_headers(headers),
+            own_status_only: !headers.contains_key(&CACHE_STATUS),
+            hit_memo: Mutex::new(None),
+            response,
+        }
+    }
+
+    /// `Age` and a plain hit's `Cache-Status` (rendered by `render` for cache `name`) at
+    /// `age_secs`: from the memo when it holds this age, else rendered and remembered. Never
+    /// waits: under contention, renders without the memo.
+    pub(crate) fn hit_headers(
+        &self,
+        age_secs: u64,
+        name: &str,
+        render: impl FnOnce() -> HeaderValue,
+    ) -> (HeaderValue, HeaderValue) {
+        let Some(mut memo) = self.hit_memo.try_lock() else {
+            return (policy::age_header(age_secs), render());
+        };
+        if let Some(m) = memo.as_ref()
+            && m.age_secs == age_secs
+            // One entry could be served by two caches sharing a store: the name must match.
+            && m.status.as_bytes().strip_prefix(name.as_bytes()).is_some_and(|rest| rest.starts_with(b";"))
+        {
+            return (m.age.clone(), m.status.clone());
+        }
+        let m = HitMemo {
+            age_secs,
+            age: policy::age_header(age_secs),
+            status: render(),
+        };
+        let out = (m.age.clone(), m.status.clone());
+        *memo = Some(m);
+        out
     }
 
     /// The stored response.
@@ -83,7 +192,9 @@ impl Entry {
 
     /// Memory estimate, for weighing.
     pub fn weight(&self) -> usize {
-        self.response.weight() + 64
+        // The served copy of the headers shares the values (reference-counted) and adds one
+        // map: about 32 bytes per field.
+        self.response.weight() + 32 * self.served.len() + 160
     }
 }
 
@@ -135,10 +246,13 @@ pub trait Store: Send + Sync + 'static {
 /// assert!(store.get("GET http://example.com/").is_none());
 /// ```
 pub struct MemoryStore {
-    index: Arc<dashmap::DashMap<String, Variants>>,
-    policy: moka::sync::Cache<String, Variants>,
+    index: Arc<Index>,
+    policy: moka::sync::Cache<String, Variants, foldhash::fast::RandomState>,
     evictions: Arc<AtomicU64>,
 }
+
+/// The lookup index: foldhash (fast, with a per-map random seed: keys come from clients).
+type Index = dashmap::DashMap<String, Variants, foldhash::fast::RandomState>;
 
 /// One lookup in this many is recorded in moka's eviction policy (per thread).
 pub const READ_SAMPLE: u32 = 8;
@@ -160,7 +274,7 @@ impl MemoryStore {
     /// A store holding at most `max_bytes` (estimated).
     pub fn new(max_bytes: u64) -> Self {
         let evictions = Arc::new(AtomicU64::new(0));
-        let index: Arc<dashmap::DashMap<String, Variants>> = Arc::default();
+        let index = Arc::new(Index::with_hasher(foldhash::fast::RandomState::default()));
         let counter = evictions.clone();
         let listener_index = Arc::downgrade(&index);
         let policy = moka::sync::Cache::builder()
@@ -180,7 +294,7 @@ impl MemoryStore {
                     metrics::counter!("stormwall_cache_evictions_total").increment(1);
                 }
             })
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             index,
             policy,

@@ -817,12 +817,12 @@ where
         .find(|e| e.vary.matches(&ctx.req_headers))
         .cloned();
     let decision = selected.map(|entry| {
-        let u = policy::decide(
+        let u = policy::decide_at(
             &shared.rules,
             &entry.freshness,
             &entry.directives,
             &ctx.req_cc,
-            now,
+            entry.freshness.current_age(now),
         );
         (entry, u)
     });

@@ -56,69 +56,60 @@ pin_project! {
     /// (classified at its end for gRPC responses whose status is in the trailers), or the
     /// rejection body.
     ///
-    /// The rejection body is a static `Bytes` held here rather than the core's
-    /// `ResponseBody`, whose inline trailers slot would double the size of every response
-    /// moved through the closed (hot) path.
+    /// Everything but the inner body sits behind one optional box, so that on the common
+    /// (classified-at-headers) path the body is the inner body plus one null pointer: every
+    /// response moved through the closed (hot) path stays as small as possible.
     pub struct ResponseBody<B, E> {
         #[pin]
-        kind: Kind<B, E>,
+        body: Option<B>,
+        extra: Option<Box<Extra<E>>>,
     }
 }
 
-pin_project! {
-    #[project = KindProj]
-    enum Kind<B, E> {
-        Inner {
-            #[pin]
-            body: B,
-            eos: Option<Box<Eos<E>>>,
-        },
-        Rejected {
-            data: Option<Bytes>,
-        },
-    }
+enum Extra<E> {
+    /// Classify at end of stream, then record through the guard.
+    Eos(Eos<E>),
+    /// The rejection body (no inner body); `None` once sent.
+    Rejected(Option<Bytes>),
 }
 
 impl<B, E> fmt::Debug for ResponseBody<B, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            Kind::Inner { eos, .. } => f
-                .debug_struct("ResponseBody::Inner")
-                .field("classifies_at_eos", &eos.is_some())
-                .finish_non_exhaustive(),
-            Kind::Rejected { data } => f
+        match self.extra.as_deref() {
+            Some(Extra::Rejected(data)) => f
                 .debug_struct("ResponseBody::Rejected")
                 .field("len", &data.as_ref().map(Bytes::len))
                 .finish(),
+            eos => f
+                .debug_struct("ResponseBody::Inner")
+                .field("classifies_at_eos", &matches!(eos, Some(Extra::Eos(_))))
+                .finish_non_exhaustive(),
         }
     }
 }
 
 impl<B, E> ResponseBody<B, E> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn passthrough(body: B) -> Self {
         Self {
-            kind: Kind::Inner { body, eos: None },
+            body: Some(body),
+            extra: None,
         }
     }
 
     pub(crate) fn classify_at_eos(body: B, classify: E, guard: Guard) -> Self {
         Self {
-            kind: Kind::Inner {
-                body,
-                // Boxed so that the body stays small on the common (classified-at-headers)
-                // path; this one allocation happens only for responses classified at end of
-                // stream.
-                eos: Some(Box::new(Eos { classify, guard })),
-            },
+            body: Some(body),
+            // This one allocation happens only for responses classified at end of stream.
+            extra: Some(Box::new(Extra::Eos(Eos { classify, guard }))),
         }
     }
 
     pub(crate) fn rejection(body: Bytes) -> Self {
         Self {
-            kind: Kind::Rejected {
-                data: (!body.is_empty()).then_some(body),
-            },
+            body: None,
+            // An empty rejection body (gRPC) needs no box: no body and no extra is the end.
+            extra: (!body.is_empty()).then(|| Box::new(Extra::Rejected(Some(body)))),
         }
     }
 }
@@ -137,51 +128,53 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let (body, eos) = match self.project().kind.project() {
-            KindProj::Inner { body, eos } => (body, eos),
-            KindProj::Rejected { data } => {
-                return Poll::Ready(data.take().map(|d| Ok(Frame::data(d))));
-            }
+        let this = self.project();
+        let Some(body) = this.body.as_pin_mut() else {
+            return Poll::Ready(match this.extra.as_deref_mut() {
+                Some(Extra::Rejected(data)) => data.take().map(|d| Ok(Frame::data(d))),
+                _ => None,
+            });
         };
         let frame = ready!(body.poll_frame(cx));
-        if eos.is_some() {
+        if matches!(this.extra.as_deref(), Some(Extra::Eos(_))) {
             let trailers: Option<Option<&HeaderMap>> = match &frame {
                 None => Some(None),
                 Some(Ok(f)) => f.trailers_ref().map(Some),
                 Some(Err(_)) => None,
             };
-            if let Some(trailers) = trailers {
-                let Eos {
+            let end = trailers.is_some() || matches!(frame, Some(Err(_)));
+            if let Some(extra) = this.extra.take_if(|_| end)
+                && let Extra::Eos(Eos {
                     classify,
                     mut guard,
-                } = *eos.take().expect("checked");
-                let failure = classify.classify_eos(trailers).err().map(Into::into);
-                guard.finish(failure.as_ref());
-            } else if let Some(Err(e)) = &frame {
-                let Eos {
-                    classify,
-                    mut guard,
-                } = *eos.take().expect("checked");
-                let failure: Failure = classify.classify_error(e).into();
-                guard.finish(Some(&failure));
+                }) = *extra
+            {
+                if let Some(trailers) = trailers {
+                    let failure = classify.classify_eos(trailers).err().map(Into::into);
+                    guard.finish(failure.as_ref());
+                } else if let Some(Err(e)) = &frame {
+                    let failure: Failure = classify.classify_error(e).into();
+                    guard.finish(Some(&failure));
+                }
             }
         }
         Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Inner { body, .. } => body.is_end_stream(),
-            Kind::Rejected { data } => data.is_none(),
+        match &self.body {
+            Some(body) => body.is_end_stream(),
+            None => !matches!(self.extra.as_deref(), Some(Extra::Rejected(Some(_)))),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Inner { body, .. } => body.size_hint(),
-            Kind::Rejected { data } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => SizeHint::with_exact(match self.extra.as_deref() {
+                Some(Extra::Rejected(Some(d))) => d.len() as u64,
+                _ => 0,
+            }),
         }
     }
 }

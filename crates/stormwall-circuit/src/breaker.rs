@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
@@ -11,6 +10,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::config::{BreakerConfig, ConfigError, Window};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use crate::window::{CountWindow, Counts, FAILED, SLOW, TimeWindow};
 
 /// The state of a breaker.
@@ -93,11 +93,26 @@ const M17: u64 = (1 << H) - 1;
 /// `Clone` nor `Copy`, so one call is recorded once.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Permit {
-    epoch: u64,
+    // The 13-bit epoch of the state word: two bytes keep the permit (and the response future
+    // that carries it) small.
+    epoch: u16,
     kind: State,
 }
 
 impl Permit {
+    #[inline]
+    fn new(epoch: u64, kind: State) -> Self {
+        Self {
+            epoch: epoch as u16,
+            kind,
+        }
+    }
+
+    #[inline]
+    fn epoch(&self) -> u64 {
+        self.epoch as u64
+    }
+
     /// The state the call was admitted in.
     pub fn state(&self) -> State {
         self.kind
@@ -353,6 +368,11 @@ impl Breaker {
         self.observers.events.subscribe()
     }
 
+    #[inline]
+    fn secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.start).as_secs()
+    }
+
     fn micros(&self, now: Instant) -> u64 {
         now.saturating_duration_since(self.start).as_micros() as u64
     }
@@ -372,10 +392,7 @@ impl Breaker {
         let mut w = self.word.load(Ordering::Acquire);
         let state = State::from_bits(w);
         if let State::Closed | State::Disabled | State::MetricsOnly = state {
-            return Ok(Permit {
-                epoch: epoch_of(w),
-                kind: state,
-            });
+            return Ok(Permit::new(epoch_of(w), state));
         }
         self.try_acquire_slow(&mut w, now())
     }
@@ -387,7 +404,7 @@ impl Breaker {
             let epoch = epoch_of(*w);
             match state {
                 State::Closed | State::Disabled | State::MetricsOnly => {
-                    return Ok(Permit { epoch, kind: state });
+                    return Ok(Permit::new(epoch, state));
                 }
                 State::ForcedOpen => {
                     return Err(self.reject(state, self.config.wait.wait(1)));
@@ -411,10 +428,7 @@ impl Breaker {
                                 Counts::default(),
                                 None,
                             );
-                            return Ok(Permit {
-                                epoch: epoch_of(next),
-                                kind: State::HalfOpen,
-                            });
+                            return Ok(Permit::new(epoch_of(next), State::HalfOpen));
                         }
                         Err(actual) => *w = actual,
                     }
@@ -430,10 +444,7 @@ impl Breaker {
                         .compare_exchange(*w, next, Ordering::AcqRel, Ordering::Acquire)
                     {
                         Ok(_) => {
-                            return Ok(Permit {
-                                epoch,
-                                kind: State::HalfOpen,
-                            });
+                            return Ok(Permit::new(epoch, State::HalfOpen));
                         }
                         Err(actual) => *w = actual,
                     }
@@ -461,14 +472,14 @@ impl Breaker {
         }
         let mut w = self.word.load(Ordering::Acquire);
         loop {
-            if State::from_bits(w) != State::HalfOpen || epoch_of(w) != permit.epoch {
+            if State::from_bits(w) != State::HalfOpen || epoch_of(w) != permit.epoch() {
                 return;
             }
             let issued = payload_of(w);
             if issued == 0 {
                 return;
             }
-            let next = word(State::HalfOpen, permit.epoch, issued - 1);
+            let next = word(State::HalfOpen, permit.epoch(), issued - 1);
             match self
                 .word
                 .compare_exchange(w, next, Ordering::AcqRel, Ordering::Acquire)
@@ -506,7 +517,7 @@ impl Breaker {
             self.metrics.slow.increment(1);
         }
         let w = self.word.load(Ordering::Acquire);
-        if epoch_of(w) != permit.epoch {
+        if epoch_of(w) != permit.epoch() {
             // Admitted before the last transition: its outcome belongs to another period.
             return;
         }
@@ -517,12 +528,22 @@ impl Breaker {
                 let counts = match &self.window.0 {
                     WindowImpl::Count(cw) => cw.record(bits),
                     WindowImpl::Time(tw) => {
-                        let now = now();
-                        let sec = self.micros(now) / 1_000_000;
-                        tw.record(sec, bits);
+                        let sec = self.secs(now());
+                        // A success that finds no failure flagged skips the evaluation, so a
+                        // failure must be flagged before it is counted: then either the
+                        // success's bucket update reads the failure's (and with it the flag:
+                        // it evaluates), or the failure's reads the success's (the failure
+                        // evaluates with it). Same second, same bucket word: no fence. (Flag
+                        // after count, with acquire/release, both could read stale values and
+                        // nobody trips: found by the loom model
+                        // `loom_time_window_trips_exactly_once`.) Across a second boundary the
+                        // two updates touch different buckets; on a weakly ordered CPU the
+                        // trip may then wait for the next call.
                         if bits != 0 {
                             self.last_bad_sec.fetch_max(sec + 1, Ordering::AcqRel);
+                            tw.record(sec, bits);
                         } else {
+                            tw.record(sec, bits);
                             let last = self.last_bad_sec.load(Ordering::Acquire);
                             if last == 0 || last - 1 + tw.secs() <= sec {
                                 // No failure or slow call in the window: a success cannot
@@ -579,10 +600,10 @@ impl Breaker {
     fn record_probe(&self, permit: Permit, bits: u8, now: Instant) {
         let add =
             1 | (((bits & FAILED) >> 1) as u64) << H | (((bits & SLOW) >> 2) as u64) << (2 * H);
-        let tag = permit.epoch << (3 * H);
+        let tag = permit.epoch() << (3 * H);
         let mut cur = self.half_open.load(Ordering::Acquire);
         let after = loop {
-            let base = if cur >> (3 * H) == permit.epoch {
+            let base = if cur >> (3 * H) == permit.epoch() {
                 cur
             } else {
                 tag
@@ -607,7 +628,7 @@ impl Breaker {
             return;
         }
         let w = self.word.load(Ordering::Acquire);
-        if State::from_bits(w) != State::HalfOpen || epoch_of(w) != permit.epoch {
+        if State::from_bits(w) != State::HalfOpen || epoch_of(w) != permit.epoch() {
             return;
         }
         if self.over_threshold(&c, 1) {
@@ -761,7 +782,7 @@ impl Breaker {
             }
             _ => match &self.window.0 {
                 WindowImpl::Count(cw) => cw.counts().unwrap_or_default(),
-                WindowImpl::Time(tw) => tw.counts(self.micros(now) / 1_000_000),
+                WindowImpl::Time(tw) => tw.counts(self.secs(now)),
                 WindowImpl::Consecutive(_) => Counts::default(),
             },
         };

@@ -113,28 +113,29 @@ where
                     guard.slow = tokio::time::Instant::now() >= *slow_at;
                 }
                 let classifier = classifier.take().expect("polled after completion");
-                Poll::Ready(match result {
-                    Ok(res) => match classifier.classify_response(&res) {
-                        ClassifiedResponse::Ready(outcome) => {
-                            let failure = outcome.err().map(Into::into);
-                            guard.finish(failure.as_ref());
-                            Ok(res.map(ResponseBody::passthrough))
-                        }
-                        ClassifiedResponse::RequiresEos(eos) => {
-                            let guard = Guard {
-                                breaker: guard.breaker.clone(),
-                                permit: guard.permit.take(),
-                                slow: guard.slow,
-                            };
-                            Ok(res.map(|b| ResponseBody::classify_at_eos(b, eos, guard)))
-                        }
-                    },
+                let res = match result {
+                    Ok(res) => res,
                     Err(e) => {
                         let failure: Failure = classifier.classify_error(&e).into();
                         guard.finish(Some(&failure));
-                        Err(M::inner(e))
+                        return Poll::Ready(Err(M::inner(e)));
                     }
-                })
+                };
+                match classifier.classify_response(&res) {
+                    ClassifiedResponse::Ready(Ok(())) => guard.finish(None),
+                    ClassifiedResponse::Ready(Err(failure)) => guard.finish(Some(&failure.into())),
+                    ClassifiedResponse::RequiresEos(eos) => {
+                        let guard = Guard {
+                            breaker: guard.breaker.clone(),
+                            permit: guard.permit.take(),
+                            slow: guard.slow,
+                        };
+                        return Poll::Ready(Ok(
+                            res.map(|b| ResponseBody::classify_at_eos(b, eos, guard))
+                        ));
+                    }
+                }
+                Poll::Ready(Ok(res.map(ResponseBody::passthrough)))
             }
         }
     }

@@ -129,7 +129,11 @@ pub mod future;
 mod layer;
 mod registry;
 mod service;
+mod sync;
 mod window;
+
+#[cfg(all(test, stormwall_loom))]
+mod loom_tests;
 
 pub use self::body::ResponseBody;
 pub use self::breaker::{

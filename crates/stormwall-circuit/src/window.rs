@@ -1,7 +1,7 @@
 //! Lock-free sliding windows: last N calls (a ring of one-byte slots) and last N seconds (a
 //! ring of per-second buckets). Recording is O(1) and allocates nothing.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use crate::sync::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 /// Calls, failures and slow calls in a window.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -113,6 +113,19 @@ impl CountWindow {
         unpack21(self.agg.load(Ordering::Acquire), self.slots.len() as u64)
     }
 
+    /// The window recounted from its slots (the aggregate must equal it when quiescent).
+    #[cfg(all(test, stormwall_loom))]
+    pub(crate) fn slot_counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for slot in self.slots.iter() {
+            let v = slot.load(Ordering::Acquire);
+            c.calls += (v & PRESENT) as u64;
+            c.failures += ((v & FAILED) >> 1) as u64;
+            c.slow += ((v & SLOW) >> 2) as u64;
+        }
+        c
+    }
+
     pub(crate) fn reset(&self) {
         for slot in self.slots.iter() {
             let old = slot.swap(0, Ordering::AcqRel);
@@ -170,26 +183,62 @@ impl TimeWindow {
     }
 
     /// Records one call at second `sec` (since the breaker started).
+    ///
+    /// A bucket's epoch (its newest second) is raised *before* its counts are written, so a
+    /// record that finds another generation in the word can tell from the epoch whether the
+    /// word is older (restart it) or newer (its own clock was read late: count the call in the
+    /// newer second). A newer second's calls are never overwritten by a late record; a late
+    /// record may be dropped when a newer lap restarts the bucket after it (it is out of the
+    /// window by then).
     #[inline]
     pub(crate) fn record(&self, sec: u64, bits: u8) {
         let n = self.buckets.len() as u64;
-        let b = &self.buckets[(sec % n) as usize];
+        let lap = sec / n;
+        let b = &self.buckets[(sec - lap * n) as usize];
+        // epoch = max(epoch, sec), NO_EPOCH counting as "none".
+        let mut prev = b.epoch.load(Ordering::Acquire);
+        loop {
+            if prev != NO_EPOCH && prev >= sec {
+                break;
+            }
+            match b
+                .epoch
+                .compare_exchange_weak(prev, sec, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(actual) => prev = actual,
+            }
+        }
+        let first = sec;
         let mut sec = sec;
-        let epoch = b.epoch.load(Ordering::Acquire);
-        if epoch != NO_EPOCH && epoch > sec {
+        if prev != NO_EPOCH && prev > sec {
             // A late record (its clock was read before a newer call's): count it in the newer
             // second of the same slot.
-            sec = epoch;
+            sec = prev;
         }
-        let generation = self.gen_of(sec);
+        let mut generation = if sec == first {
+            lap % GEN_MOD
+        } else {
+            self.gen_of(sec)
+        };
+        // The bucket's last second is of an older lap with the same generation (1023 laps
+        // ago): restart it rather than add to stale counts.
+        let mut aliased = prev != NO_EPOCH && prev < sec && self.gen_of(prev) == generation;
         let add = packed18(bits);
         let mut cur = b.word.load(Ordering::Acquire);
         loop {
-            let same_gen = cur >> GEN_SHIFT == generation;
-            // Same generation but an epoch of another lap with the same generation: a stale
-            // bucket aliased after 1023 laps; restart it.
-            let aliased =
-                same_gen && epoch != NO_EPOCH && epoch != sec && self.gen_of(epoch) == generation;
+            let mut same_gen = cur >> GEN_SHIFT == generation;
+            if !same_gen {
+                // Whoever wrote this generation raised the epoch first: if it is newer than
+                // our second, the word is newer than our record.
+                let e = b.epoch.load(Ordering::Acquire);
+                if e != NO_EPOCH && e > sec {
+                    sec = e;
+                    generation = self.gen_of(sec);
+                    aliased = false;
+                    same_gen = cur >> GEN_SHIFT == generation;
+                }
+            }
             let next = if same_gen && !aliased {
                 if cur & M18 >= MAX_CALLS_PER_SECOND {
                     return;
@@ -202,17 +251,12 @@ impl TimeWindow {
                 .word
                 .compare_exchange_weak(cur, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => break,
-                Err(actual) => cur = actual,
-            }
-        }
-        if epoch != sec {
-            b.epoch.fetch_max(sec, Ordering::AcqRel);
-            if epoch == NO_EPOCH {
-                // fetch_max with NO_EPOCH (u64::MAX) is a no-op: store instead.
-                let _ =
-                    b.epoch
-                        .compare_exchange(NO_EPOCH, sec, Ordering::AcqRel, Ordering::Acquire);
+                Ok(_) => return,
+                Err(actual) => {
+                    cur = actual;
+                    // Someone wrote the bucket since: it is no longer the stale lap's.
+                    aliased = false;
+                }
             }
         }
     }

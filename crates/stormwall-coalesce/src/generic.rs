@@ -33,7 +33,11 @@ where
     type Mine = Result<F::Ok, Arc<F::Error>>;
     type Shared = Result<F::Ok, Arc<F::Error>>;
 
-    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll_upstream(
+        &mut self,
+        cx: &mut Context<'_>,
+        _alone: &mut dyn FnMut() -> bool,
+    ) -> Poll<Self::Output> {
         self.0.as_mut().try_poll(cx)
     }
 

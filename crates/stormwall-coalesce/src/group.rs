@@ -27,7 +27,11 @@ impl<V: Clone + Send, E: Clone + Send> Upstream for Dup<V, E> {
     type Mine = Result<V, E>;
     type Shared = Result<V, E>;
 
-    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll_upstream(
+        &mut self,
+        cx: &mut Context<'_>,
+        _alone: &mut dyn FnMut() -> bool,
+    ) -> Poll<Self::Output> {
         self.0.as_mut().poll(cx)
     }
 

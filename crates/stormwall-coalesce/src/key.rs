@@ -72,22 +72,130 @@ impl<B> KeyExtractor<Request<B>> for DefaultKey {
 
     fn extract(&self, req: &Request<B>) -> Result<RequestKey, KeyError> {
         let map = req.headers();
+        let want_host = req.uri().authority().is_none();
+        let mut host = None;
         let mut headers = Vec::new();
-        for (i, name) in KEY_HEADERS.iter().enumerate() {
-            for value in map.get_all(name) {
-                headers.push((i as u8, value.clone()));
+        // One pass over the request's headers (usually a handful) instead of one lookup per
+        // key header: `HeaderMap::iter` yields every value of a name together, in order.
+        for (name, value) in map {
+            if let Some(i) = key_header_index(name) {
+                headers.push((i, value.clone()));
+            } else if want_host && host.is_none() && name == HOST {
+                host = Some(value.clone());
             }
         }
-        let host = if req.uri().authority().is_none() {
-            map.get(HOST).cloned()
-        } else {
-            None
-        };
+        // Header order in the request must not split two otherwise identical keys; the sort
+        // is stable, so the values of one header stay in request order.
+        if headers.len() > 1 {
+            headers.sort_by_key(|(i, _)| *i);
+        }
         Ok(RequestKey {
             method: req.method().clone(),
             uri: req.uri().clone(),
             host,
             headers,
         })
+    }
+}
+
+/// The index of `name` in [`KEY_HEADERS`], if it is one of them.
+fn key_header_index(name: &HeaderName) -> Option<u8> {
+    // Standard names compare as enum tags; the forwarding headers are custom names, matched
+    // by their (lower-case) text only when the length fits.
+    if name == ACCEPT {
+        return Some(0);
+    }
+    if name == ACCEPT_ENCODING {
+        return Some(1);
+    }
+    if name == ACCEPT_LANGUAGE {
+        return Some(2);
+    }
+    if name == AUTHORIZATION {
+        return Some(3);
+    }
+    if name == COOKIE {
+        return Some(4);
+    }
+    let i = match name.as_str() {
+        "x-forwarded-host" => 5,
+        "x-forwarded-scheme" => 6,
+        "x-forwarded-proto" => 7,
+        "x-forwarded-server" => 8,
+        "x-forwarded-prefix" => 9,
+        "x-host" => 10,
+        "x-original-url" => 11,
+        "x-rewrite-url" => 12,
+        "forwarded" => 13,
+        _ => return None,
+    };
+    Some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_header_has_its_index() {
+        for (i, name) in KEY_HEADERS.iter().enumerate() {
+            assert_eq!(key_header_index(name), Some(i as u8), "{name}");
+        }
+        assert_eq!(key_header_index(&HOST), None);
+        assert_eq!(key_header_index(&http::header::USER_AGENT), None);
+    }
+
+    #[test]
+    fn header_order_does_not_change_the_key_but_values_do() {
+        let a = Request::get("/x")
+            .header("host", "api")
+            .header("x-forwarded-host", "evil")
+            .header("authorization", "Bearer a")
+            .header("accept", "text/html")
+            .header("accept", "application/json")
+            .body(())
+            .unwrap();
+        let b = Request::get("/x")
+            .header("accept", "text/html")
+            .header("authorization", "Bearer a")
+            .header("accept", "application/json")
+            .header("x-forwarded-host", "evil")
+            .header("host", "api")
+            .body(())
+            .unwrap();
+        let ka = DefaultKey.extract(&a).unwrap();
+        assert_eq!(ka, DefaultKey.extract(&b).unwrap());
+        assert_eq!(ka.host, Some(HeaderValue::from_static("api")));
+        assert_eq!(ka.headers.len(), 4);
+        // The order of the values of one header is part of the key.
+        let c = Request::get("/x")
+            .header("host", "api")
+            .header("x-forwarded-host", "evil")
+            .header("authorization", "Bearer a")
+            .header("accept", "application/json")
+            .header("accept", "text/html")
+            .body(())
+            .unwrap();
+        assert_ne!(ka, DefaultKey.extract(&c).unwrap());
+        // Each key header (identity, forwarding) selects a different key.
+        for name in &KEY_HEADERS {
+            let plain = Request::get("/x").header("host", "api").body(()).unwrap();
+            let forged = Request::get("/x")
+                .header("host", "api")
+                .header(name, "forged")
+                .body(())
+                .unwrap();
+            assert_ne!(
+                DefaultKey.extract(&plain).unwrap(),
+                DefaultKey.extract(&forged).unwrap(),
+                "{name}"
+            );
+        }
+        // With an absolute URI the Host header is not read (the URI's authority is).
+        let abs = Request::get("http://api/x")
+            .header("host", "other")
+            .body(())
+            .unwrap();
+        assert_eq!(DefaultKey.extract(&abs).unwrap().host, None);
     }
 }

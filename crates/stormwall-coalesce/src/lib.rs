@@ -68,7 +68,10 @@
 //!
 //! # What is shared
 //!
-//! The response of the one upstream call is read into a
+//! When the response head arrives and nobody has joined the call, the flight leaves the map
+//! and the response is handed to its caller **untouched** (streamed, not buffered); a request
+//! arriving after that moment starts a call of its own. Otherwise the response of the one
+//! upstream call is read into a
 //! [`SharedResponse`](stormwall_core::SharedResponse) (status, headers, body, trailers — so
 //! `grpc-status`, `grpc-message` and custom trailing metadata reach every caller) up to
 //! [`max_body_bytes`](CoalesceLayer::max_body_bytes) (default [`DEFAULT_MAX_BODY`]). Some
@@ -144,6 +147,7 @@ mod key;
 mod layer;
 mod service;
 mod stats;
+mod sync;
 mod upstream;
 
 pub use self::error::CoalesceError;

@@ -26,6 +26,8 @@ pub(crate) enum Exclusive {
 /// The result of the HTTP upstream call (a transient value: its size does not matter).
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Outcome<RB> {
+    /// Nobody waited when the head arrived: the response, untouched, for the driver alone.
+    Alone(Response<ResponseBody<RB>>),
     Shared(SharedResponse),
     Exclusive(Response<ResponseBody<RB>>, Exclusive),
     BodyFailed(Arc<str>),
@@ -114,7 +116,11 @@ where
     type Mine = Result<Response<ResponseBody<RB>>, E>;
     type Shared = HttpShared;
 
-    fn poll_upstream(&mut self, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll_upstream(
+        &mut self,
+        cx: &mut Context<'_>,
+        alone: &mut dyn FnMut() -> bool,
+    ) -> Poll<Self::Output> {
         loop {
             match &mut self.state {
                 CallState::Calling(fut) => {
@@ -124,6 +130,10 @@ where
                         Ok(res) => res,
                         Err(e) => return Poll::Ready(Err(e)),
                     };
+                    if alone() {
+                        // Nobody to share with, and nobody can join any more: no buffering.
+                        return Poll::Ready(Ok(Outcome::Alone(res.map(ResponseBody::inner))));
+                    }
                     if let Some(why) = exclusive_reason(res.headers(), self.share_private) {
                         let res = res.map(ResponseBody::inner);
                         return Poll::Ready(Ok(Outcome::Exclusive(res, why)));
@@ -165,6 +175,7 @@ where
 
     fn split(output: Self::Output, share: bool) -> (Self::Mine, Option<Self::Shared>) {
         match output {
+            Ok(Outcome::Alone(res)) => (Ok(res), None),
             Ok(Outcome::Shared(res)) => {
                 if share {
                     (Ok(res.to_response()), Some(HttpShared::Response(res)))

@@ -574,3 +574,63 @@ async fn infallible_services_stay_infallible() {
     let res: Result<_, Infallible> = svc.oneshot(req()).await;
     assert_eq!(body(res.unwrap()).await, "hi");
 }
+
+/// A response body fed by the test, one chunk at a time.
+struct ChannelBody(tokio::sync::mpsc::UnboundedReceiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+/// A flight nobody joined hands its response through as it streams (no buffering): the caller
+/// has the head and the first chunk while the upstream is still sending, and the flight has
+/// left the map, so a later identical request makes a call of its own.
+#[tokio::test]
+async fn a_lone_caller_gets_the_response_streamed_unbuffered() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let senders = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let upstream = {
+        let (calls, senders) = (Arc::clone(&calls), Arc::clone(&senders));
+        tower::service_fn(move |_req: Request<()>| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tx.send(Bytes::from_static(b"first ")).unwrap();
+            senders.lock().unwrap().push(tx);
+            async move { Ok::<_, Infallible>(Response::new(ChannelBody(rx))) }
+        })
+    };
+    let layer = CoalesceLayer::new();
+    let stats = layer.stats();
+    let svc = layer.layer(upstream);
+    let res = svc.clone().oneshot(req()).await.unwrap();
+    let mut body = res.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(first, "first ");
+    let s = stats.snapshot();
+    assert_eq!((s.in_flight_keys, s.waiters), (0, 0), "{s:?}");
+    // The same request again while the first body is still open: a new call.
+    let second = svc.clone().oneshot(req()).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(stats.snapshot().misses, 2);
+    // The first body goes on streaming, then ends when the upstream does.
+    let tx = senders.lock().unwrap().remove(0);
+    tx.send(Bytes::from_static(b"second")).unwrap();
+    drop(tx);
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+    senders.lock().unwrap().clear();
+    assert_eq!(
+        second.into_body().collect().await.unwrap().to_bytes(),
+        "first "
+    );
+}

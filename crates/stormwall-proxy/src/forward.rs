@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -14,16 +15,19 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stormwall::body::{Body, boxed};
+use stormwall::circuit::Breaker;
 use stormwall::core::BoxError;
 use stormwall::core::key::PeerAddr;
-use stormwall::{InboundStack, OutboundStack};
+use stormwall::ratelimit::RateLimitLayer;
+
+use crate::config::{Loaded, RedisConfig, Stacks, path_matches};
 use tower::util::{BoxCloneSyncService, Oneshot, ServiceExt};
 use tower::{Layer, service_fn};
 
 /// The service the listener serves: never fails (upstream errors are 502 responses).
 pub(crate) type ProxyService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
-type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
+pub(crate) type Upstream = BoxCloneSyncService<Request<Body>, Response<Body>, BoxError>;
 
 /// The value this proxy adds to `Via`.
 const VIA: &str = "1.1 stormwall";
@@ -65,7 +69,12 @@ impl Target {
 
     /// `host:port` of the upstream, for the health check.
     pub(crate) fn socket_authority(&self) -> String {
-        let port = self.authority.port_u16().unwrap_or(80);
+        let default = if self.scheme == Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let port = self.authority.port_u16().unwrap_or(default);
         format!("{}:{port}", self.authority.host())
     }
 }
@@ -138,13 +147,17 @@ fn forwarded_value(text: &str) -> String {
     }
 }
 
+/// The scheme the client used to reach the proxy (`Forwarded: proto=`), set by the listener.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientProto(pub(crate) &'static str);
+
 /// The `Forwarded` element this hop adds.
-fn forwarded_element(peer: SocketAddr, host: Option<&str>) -> String {
+fn forwarded_element(peer: SocketAddr, proto: &str, host: Option<&str>) -> String {
     let node = match peer {
         SocketAddr::V4(v4) => v4.ip().to_string(),
         SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
     };
-    let mut element = format!("for={};proto=http", forwarded_value(&node));
+    let mut element = format!("for={};proto={proto}", forwarded_value(&node));
     if let Some(host) = host {
         element.push_str(";host=");
         element.push_str(&forwarded_value(host));
@@ -156,6 +169,10 @@ fn forwarded_element(peer: SocketAddr, host: Option<&str>) -> String {
 /// `Forwarded` and `Via`.
 pub(crate) fn prepare_request(req: &mut Request<Body>, target: &Target) -> Result<(), http::Error> {
     let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+    let proto = req
+        .extensions()
+        .get::<ClientProto>()
+        .map_or("http", |p| p.0);
     let host = req
         .headers()
         .get(header::HOST)
@@ -172,7 +189,7 @@ pub(crate) fn prepare_request(req: &mut Request<Body>, target: &Target) -> Resul
         append_list(
             headers,
             header::FORWARDED,
-            &forwarded_element(peer, host.as_deref()),
+            &forwarded_element(peer, proto, host.as_deref()),
         );
     }
     append_list(headers, header::VIA, VIA);
@@ -233,29 +250,127 @@ fn forward_one(upstream: Upstream, target: &Target, mut req: Request<Body>) -> F
     Either::Right(upstream.oneshot(req).map(finish as FinishFn))
 }
 
-/// Builds the whole service: inbound stack → forwarding → outbound stack → hyper client.
-pub(crate) fn build(
+/// The upstream HTTP client: plain, or HTTPS through rustls when `tls` is given (the
+/// connector then still accepts `http://` URIs).
+pub(crate) fn client(tls: Option<rustls::ClientConfig>) -> Upstream {
+    let executor = TokioExecutor::new();
+    match tls {
+        None => {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            let client: Client<HttpConnector, Body> = Client::builder(executor).build(http);
+            BoxCloneSyncService::new(
+                client
+                    .map_response(|res| res.map(boxed))
+                    .map_err(|e| -> BoxError { Box::new(e) }),
+            )
+        }
+        Some(config) => {
+            let mut http = HttpConnector::new();
+            http.set_nodelay(true);
+            http.enforce_http(false);
+            let https = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(config)
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http);
+            let client: Client<_, Body> = Client::builder(executor).build(https);
+            BoxCloneSyncService::new(
+                client
+                    .map_response(|res| res.map(boxed))
+                    .map_err(|e| -> BoxError { Box::new(e) }),
+            )
+        }
+    }
+}
+
+/// One chain: (shared limits →) inbound stack → forwarding → outbound stack → `client`.
+/// Must run within the Tokio runtime (the Redis store's connection task).
+pub(crate) fn chain(
     target: Target,
-    inbound: Option<&InboundStack>,
-    outbound: Option<&OutboundStack>,
-) -> ProxyService {
-    let client: Client<HttpConnector, Body> = Client::builder(TokioExecutor::new()).build_http();
-    let upstream: Upstream = match outbound {
+    client: &Upstream,
+    stacks: &Stacks,
+    redis: Option<&RedisConfig>,
+) -> Result<ProxyService, String> {
+    let upstream: Upstream = match &stacks.outbound {
         Some(stack) => BoxCloneSyncService::new(ServiceExt::<Request<Body>>::map_err(
-            stack.layer(client),
+            stack.layer(client.clone()),
             |e: stormwall::Error| -> BoxError { Box::new(e) },
         )),
-        None => BoxCloneSyncService::new(
-            client
-                .map_response(|res| res.map(boxed))
-                .map_err(|e| -> BoxError { Box::new(e) }),
-        ),
+        None => client.clone(),
     };
     let forward = service_fn(move |req| forward_one(upstream.clone(), &target, req));
-    match inbound {
+    let service: ProxyService = match &stacks.inbound {
         Some(stack) => BoxCloneSyncService::new(stack.layer(forward)),
         None => BoxCloneSyncService::new(forward),
+    };
+    let (Some(redis), Some((limits, wait))) = (redis, &stacks.shared_limits) else {
+        return Ok(service);
+    };
+    let store = redis.connect(&stacks.name)?;
+    let mut limits = limits.iter().cloned();
+    let Some(first) = limits.next() else {
+        return Ok(service);
+    };
+    let mut layer = RateLimitLayer::with_store(first, store);
+    for limit in limits {
+        layer = layer.limit(limit);
     }
+    layer = match wait {
+        Some(max) => layer.wait(*max),
+        None => layer.reject(),
+    };
+    Ok(BoxCloneSyncService::new(
+        layer.layer(service).map_response(|res| res.map(boxed)),
+    ))
+}
+
+/// The whole service: the route with the longest matching prefix (the first in the file
+/// among equals), else the global chain.
+pub(crate) fn build(
+    target: &Target,
+    client: &Upstream,
+    loaded: &Loaded,
+    redis: Option<&RedisConfig>,
+) -> Result<ProxyService, String> {
+    let global = chain(target.clone(), client, &loaded.global, redis)?;
+    if loaded.routes.is_empty() {
+        return Ok(global);
+    }
+    let mut routes = Vec::with_capacity(loaded.routes.len());
+    for route in &loaded.routes {
+        routes.push((
+            route.prefix.clone(),
+            route.methods.clone(),
+            chain(target.clone(), client, &route.stacks, redis)?,
+        ));
+    }
+    let routes = Arc::new(routes);
+    Ok(BoxCloneSyncService::new(service_fn(
+        move |req: Request<Body>| {
+            let path = req.uri().path();
+            let mut best: Option<(usize, &ProxyService)> = None;
+            for (prefix, methods, svc) in routes.iter() {
+                let method_ok = methods.as_ref().is_none_or(|ms| ms.contains(req.method()));
+                let better = best.is_none_or(|(len, _)| prefix.len() > len);
+                if method_ok && better && path_matches(prefix, path) {
+                    best = Some((prefix.len(), svc));
+                }
+            }
+            best.map_or(&global, |(_, svc)| svc).clone().oneshot(req)
+        },
+    )))
+}
+
+/// The breakers of every chain, `(chain name, breaker)`, for `/health`.
+pub(crate) fn breakers(loaded: &Loaded) -> Vec<(String, Arc<Breaker>)> {
+    std::iter::once(&loaded.global)
+        .chain(loaded.routes.iter().map(|r| &r.stacks))
+        .filter_map(|stacks| {
+            let layer = stacks.outbound.as_ref()?.circuit_layer()?;
+            Some((stacks.name.clone(), layer.breaker().clone()))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -5,20 +5,41 @@
 //! stormwall-proxy --config proxy.toml --check  # validate the file and exit
 //! ```
 //!
-//! It listens on `listen`, forwards every request to `upstream` (HTTP/1.1 and HTTP/2 from
-//! clients, HTTP/1.1 to the upstream), preserving the method, path, query and headers minus
-//! the hop-by-hop ones (`Connection` and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`,
-//! `Trailer`, `Transfer-Encoding`, `Upgrade`), and adds `Forwarded: for=…;proto=http;host=…`
-//! and `Via: 1.1 stormwall`. Bodies are streamed unless a configured layer (cache,
-//! coalescing) needs them buffered. Upstream errors become `502 Bad Gateway`.
+//! It listens on `listen` (HTTP, or HTTPS with `[tls]`; HTTP/1.1 and HTTP/2 from clients),
+//! forwards every request to `upstream` (`http://`, or `https://` through rustls; HTTP/1.1 to
+//! the upstream), preserving the method, path, query and headers minus the hop-by-hop ones
+//! (`Connection` and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
+//! `Transfer-Encoding`, `Upgrade`), and adds `Forwarded: for=…;proto=http|https;host=…` and
+//! `Via: 1.1 stormwall`. Bodies are streamed unless a configured layer (cache, coalescing)
+//! needs them buffered. Upstream errors become `502 Bad Gateway`.
 //!
 //! # Configuration
 //!
 //! ```toml
 //! listen = "127.0.0.1:8080"
-//! upstream = "http://127.0.0.1:9000"   # http:// only in this version; a path prefix is kept
+//! upstream = "https://api.partner.example/v2"  # http:// or https://; a path prefix is kept
 //! admin = "127.0.0.1:9090"             # /health and /metrics (optional)
 //! shutdown_timeout = "10s"             # grace period for in-flight requests (default 10s)
+//!
+//! # HTTPS on `listen` (optional): PEM certificate chain (leaf first) and private key.
+//! [tls]
+//! cert_file = "/etc/stormwall/cert.pem"
+//! key_file = "/etc/stormwall/key.pem"
+//!
+//! # Trust for an https:// upstream (optional): the Mozilla roots (webpki-roots) unless
+//! # system_roots = false, plus every certificate of ca_file.
+//! [upstream_tls]
+//! ca_file = "/etc/stormwall/partner-ca.pem"
+//! system_roots = true
+//!
+//! # Shared inbound limits (optional): every rate limit of [inbound] (and of the routes) keeps
+//! # its state in Redis, so all proxies using the same server and prefix share one quota.
+//! [redis]
+//! url = "redis://127.0.0.1:6379/"
+//! on_failure = "open"      # while Redis is unreachable: "open" (admit), "closed" (429),
+//! instances = 4            #   or "local" (each proxy enforces quota / instances)
+//! timeout = "50ms"         # per Redis call
+//! prefix = "stormwall-proxy"
 //!
 //! # The inbound stack (stormwall::config::InboundConfig). Absent: no inbound stage at all.
 //! # `standard = true` (the default once the section exists) starts from
@@ -37,6 +58,20 @@
 //! [outbound]
 //! preset = "fast_fail"
 //! attempt_timeout = "5s"
+//!
+//! # Per-route overrides: the route's sections are merged over [inbound] / [outbound] field
+//! # by field (`enabled = false` removes a layer). A request takes the route with the longest
+//! # matching prefix (on a `/` boundary: "/search" matches "/search" and "/search/x", not
+//! # "/searchx") whose `methods` include its method; else the global stacks. Every route has
+//! # its own layer state: its own limiter buckets, cache, breaker.
+//! [[route]]
+//! name = "search"          # breaker name and /health label (default: the prefix)
+//! prefix = "/search"
+//! methods = ["GET", "HEAD"]  # default: every method
+//! [route.inbound.rate_limit]
+//! enabled = false
+//! [route.outbound.retry]
+//! max_attempts = 3
 //! ```
 //!
 //! Unknown fields and invalid values are reported on stderr with the field and the line, and
@@ -44,8 +79,13 @@
 //!
 //! # Admin endpoints
 //!
-//! - `GET /health`: `200` with `{"status":"ok","upstream":{"address":"…","reachable":true}}`
-//!   (reachable: a TCP connection to the upstream succeeded within one second).
+//! - `GET /health`: `200` with
+//!   `{"status":"ok","upstream":{"address":"…","reachable":true},"breakers":[{"route":"*","name":"upstream","state":"closed"}],"redis":{"address":"…","reachable":true}}`.
+//!   `reachable`: a TCP connection to the upstream succeeded within one second. `breakers`:
+//!   every chain's circuit breaker (`route` is `*` for the global stacks) and its state
+//!   (`closed`, `open`, `half_open`, …). `redis` (only with `[redis]`): whether the server
+//!   answered a `PING` within one second. `status` is `degraded` when a breaker is not closed
+//!   or Redis is unreachable.
 //! - `GET /metrics`: Prometheus text format: every `stormwall_*` metric of the layers, plus
 //!
 //! | metric | kind | meaning |

@@ -3,6 +3,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::FutureExt;
 
@@ -17,15 +19,24 @@ use stormwall::core::key::PeerAddr;
 use stormwall::core::time::Instant;
 use stormwall::ratelimit::RateLimited;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::Loaded;
-use crate::forward::{self, ProxyService, Target};
+use crate::forward::{self, ClientProto, ProxyService, Target};
+
+/// How long a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the proxy until SIGTERM/SIGINT, then drains in-flight requests.
-pub(crate) async fn run(loaded: Loaded, metrics: PrometheusHandle) -> Result<(), String> {
+pub(crate) async fn run(mut loaded: Loaded, metrics: PrometheusHandle) -> Result<(), String> {
+    let target = Target::new(&loaded.config.upstream);
+    let client = forward::client(loaded.tls.upstream.take());
+    let redis = loaded.config.redis.clone();
+    let service = forward::build(&target, &client, &loaded, redis.as_ref())?;
+    let breakers = forward::breakers(&loaded);
+    let tls = loaded.tls.listen.take().map(TlsAcceptor::from);
     let config = loaded.config;
-    let target = Target::new(&config.upstream);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -34,19 +45,25 @@ pub(crate) async fn run(loaded: Loaded, metrics: PrometheusHandle) -> Result<(),
             let admin = crate::admin::bind(addr)
                 .await
                 .map_err(|e| format!("cannot listen on admin address {addr}: {e}"))?;
+            let health = crate::admin::Health {
+                upstream: target.socket_authority(),
+                breakers,
+                redis: redis.as_ref().map(|r| r.socket_address()),
+            };
             Some(tokio::spawn(crate::admin::serve(
                 admin,
                 metrics,
-                target.socket_authority(),
+                Arc::new(health),
             )))
         }
         None => None,
     };
-    let service = forward::build(target, loaded.inbound.as_ref(), loaded.outbound.as_ref());
     tracing::info!(
         listen = %config.listen,
+        tls = tls.is_some(),
         upstream = %config.upstream,
         admin = ?config.admin,
+        routes = config.route.len(),
         "stormwall-proxy started"
     );
 
@@ -62,22 +79,51 @@ pub(crate) async fn run(loaded: Loaded, metrics: PrometheusHandle) -> Result<(),
                     Err(e) => {
                         // Transient (e.g. out of file descriptors): log and keep accepting.
                         tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
+                let proto = ClientProto(if tls.is_some() { "https" } else { "http" });
                 let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    handle(service.clone(), peer, req)
+                    handle(service.clone(), peer, proto, req)
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), hyper_svc);
-                let conn = graceful.watch(conn.into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, %peer, "connection error");
+                match &tls {
+                    None => {
+                        let conn = builder.serve_connection(TokioIo::new(stream), hyper_svc);
+                        let conn = graceful.watch(conn.into_owned());
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                tracing::debug!(error = %e, %peer, "connection error");
+                            }
+                        });
                     }
-                });
+                    Some(acceptor) => {
+                        // The handshake runs in the connection's task, bounded in time, so a
+                        // slow client cannot stall the accept loop.
+                        let accept = acceptor.accept(stream);
+                        let builder = builder.clone();
+                        let watcher = graceful.watcher();
+                        tokio::spawn(async move {
+                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            let conn = builder.serve_connection(TokioIo::new(stream), hyper_svc);
+                            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                                tracing::debug!(error = %e, %peer, "connection error");
+                            }
+                        });
+                    }
+                }
             }
             signal = &mut shutdown => {
                 tracing::info!(signal, "shutting down: no new connections, draining in-flight requests");
@@ -104,12 +150,14 @@ pub(crate) async fn run(loaded: Loaded, metrics: PrometheusHandle) -> Result<(),
 fn handle(
     service: ProxyService,
     peer: SocketAddr,
+    proto: ClientProto,
     mut req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     req.extensions_mut().insert(PeerAddr(peer));
+    req.extensions_mut().insert(proto);
     // Combinators rather than an `async` block: the compiler cannot prove an `async` block
     // holding the boxed service's future `Send`.
     service.oneshot(req.map(boxed)).map(move |result| {

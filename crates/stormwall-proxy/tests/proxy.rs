@@ -1,8 +1,11 @@
 //! Black-box tests: the built `stormwall-proxy` binary against a loopback origin.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use stormwall_tests::free_addr;
 use stormwall_tests::http::{TestServer, client};
+use stormwall_tests::redis::RedisServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_stormwall-proxy");
 
@@ -45,11 +49,16 @@ impl Proxy {
     /// Starts the binary in front of `upstream` with extra config `extra`, and waits until
     /// both listeners accept connections.
     async fn start(upstream: SocketAddr, extra: &str) -> Self {
+        Self::launch(&format!("upstream = \"http://{upstream}\"\n{extra}")).await
+    }
+
+    /// Starts the binary with `body` (everything but `listen`, `admin` and
+    /// `shutdown_timeout`), and waits until both listeners accept connections.
+    async fn launch(body: &str) -> Self {
         let listen = free_addr();
         let admin = free_addr();
         let text = format!(
-            "listen = \"{listen}\"\nupstream = \"http://{upstream}\"\nadmin = \"{admin}\"\n\
-             shutdown_timeout = \"20s\"\n{extra}"
+            "listen = \"{listen}\"\nadmin = \"{admin}\"\nshutdown_timeout = \"20s\"\n{body}"
         );
         let config = write_config("run", &text);
         let child = Command::new(BIN)
@@ -89,30 +98,32 @@ impl Proxy {
     }
 }
 
+/// Echoes method, URI, headers (one per line) and then the body.
+async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut text = format!("{} {}\n", parts.method, parts.uri);
+    for (name, value) in &parts.headers {
+        text.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
+    }
+    text.push('\n');
+    let mut out = text.into_bytes();
+    out.extend_from_slice(&body);
+    let mut res = Response::new(Full::new(Bytes::from(out)));
+    res.headers_mut()
+        .insert("x-origin", http::HeaderValue::from_static("echo"));
+    res.headers_mut()
+        .insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+    res
+}
+
 /// An origin that echoes method, URI, headers (one per line) and then the body.
 async fn echo_origin() -> TestServer {
-    TestServer::start(|req: Request<Incoming>| async move {
-        let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let mut text = format!("{} {}\n", parts.method, parts.uri);
-        for (name, value) in &parts.headers {
-            text.push_str(&format!("{}: {}\n", name, value.to_str().unwrap_or("?")));
-        }
-        text.push('\n');
-        let mut out = text.into_bytes();
-        out.extend_from_slice(&body);
-        let mut res = Response::new(Full::new(Bytes::from(out)));
-        res.headers_mut()
-            .insert("x-origin", http::HeaderValue::from_static("echo"));
-        res.headers_mut()
-            .insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
-        res
-    })
-    .await
+    TestServer::start(echo).await
 }
 
 async fn send(req: Request<Full<Bytes>>) -> (Response<()>, Bytes) {
@@ -358,6 +369,31 @@ fn config_errors_exit_2_naming_the_field_and_line() {
             "inbound.rate_limit",
             None,
         ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\n[[route]]\nprefix = \"/a\"\n[route.inbound]\nbogus = 1\n",
+            "bogus",
+            Some("line 5"),
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\n[[route]]\nprefix = \"api\"\n",
+            "route[0].prefix",
+            None,
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\n[tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n",
+            "tls.cert_file",
+            None,
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"https://127.0.0.1:9000\"\n[upstream_tls]\nca_file = \"/nonexistent/ca.pem\"\n",
+            "upstream_tls.ca_file",
+            None,
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\n[redis]\nurl = \"http://127.0.0.1:6379\"\n",
+            "redis.url",
+            None,
+        ),
     ];
     for (i, (text, field, line)) in cases.into_iter().enumerate() {
         let out = run_check(&format!("bad{i}"), text);
@@ -404,11 +440,8 @@ async fn large_request_body_is_streamed_not_buffered() {
     })
     .await;
     let proxy = Proxy::start(origin.addr(), "").await;
-    let size = if std::env::var_os("STORMWALL_EXTENDED").is_some() {
-        100 << 20
-    } else {
-        64 << 20
-    };
+    // 100 MiB: the proxy's peak memory must not grow by half of it.
+    let size: usize = 100 << 20;
     let before = peak_rss_kib(proxy.child.id()).expect("VmHWM");
     let body = Bytes::from(vec![b'x'; size]);
     let (res, echoed) = send(
@@ -527,11 +560,7 @@ async fn outbound_breaker_opens_on_a_failing_origin() {
 
 #[tokio::test]
 async fn large_response_body_is_streamed_not_buffered() {
-    let size: usize = if std::env::var_os("STORMWALL_EXTENDED").is_some() {
-        100 << 20
-    } else {
-        64 << 20
-    };
+    let size: usize = 100 << 20;
     let payload = Bytes::from(vec![b'y'; size]);
     let origin = TestServer::start(move |_req: Request<Incoming>| {
         let payload = payload.clone();
@@ -566,4 +595,472 @@ async fn large_response_body_is_streamed_not_buffered() {
         "the proxy's peak memory grew by {grown_mib} MiB for a {} MiB body",
         size >> 20
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS: an HTTPS upstream trusted through `upstream_tls.ca_file`, and the HTTPS listener.
+
+/// A test CA and a `localhost`/`127.0.0.1` certificate it signed, written as PEM files.
+struct Pki {
+    ca_file: PathBuf,
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    ca: rustls::pki_types::CertificateDer<'static>,
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        for path in [&self.ca_file, &self.cert_file, &self.key_file] {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Pki {
+    fn generate(name: &str) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Stormwall test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let mut leaf_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        leaf_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let file = |kind: &str, text: &str| {
+            let path = std::env::temp_dir().join(format!(
+                "stormwall-proxy-{}-{name}-{}-{kind}.pem",
+                std::process::id(),
+                free_addr().port()
+            ));
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        Self {
+            ca_file: file("ca", &ca.pem()),
+            cert_file: file("cert", &leaf.pem()),
+            key_file: file("key", &leaf_key.serialize_pem()),
+            ca: ca.der().clone(),
+            cert: leaf.der().clone(),
+            key: leaf_key.serialize_der(),
+        }
+    }
+
+    fn server_config(&self) -> rustls::ServerConfig {
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(self.key.clone().into());
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![self.cert.clone()], key)
+        .unwrap()
+    }
+
+    /// A client trusting only the test CA.
+    fn client(
+        &self,
+    ) -> hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        Full<Bytes>,
+    > {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_only()
+            .enable_http1()
+            .build();
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https)
+    }
+}
+
+/// An HTTPS echo origin with the test PKI's certificate; counts its requests.
+async fn tls_origin(pki: &Pki) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(pki.server_config()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let acceptor = acceptor.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok::<_, std::convert::Infallible>(echo(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, calls, task)
+}
+
+#[tokio::test]
+async fn https_upstream_is_verified_against_the_configured_ca() {
+    let pki = Pki::generate("upstream");
+    let (origin, calls, task) = tls_origin(&pki).await;
+    let port = origin.port();
+    // Trusting the test CA: the request goes through over TLS.
+    let proxy = Proxy::launch(&format!(
+        "upstream = \"https://localhost:{port}/base\"\n[upstream_tls]\nca_file = \"{}\"\n",
+        pki.ca_file.display()
+    ))
+    .await;
+    let (res, body) = send(
+        Request::post(proxy.url("/v1/x?q=1"))
+            .body(Full::new(Bytes::from_static(b"over tls")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.starts_with("POST /base/v1/x?q=1\n"), "{text}");
+    assert!(
+        text.contains(&format!("host: localhost:{port}\n")),
+        "{text}"
+    );
+    assert!(text.ends_with("\n\nover tls"), "{text}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Trusting only the public roots: the origin's certificate is refused, 502, and the
+    // origin never sees a request.
+    let untrusting = Proxy::launch(&format!("upstream = \"https://localhost:{port}\"\n")).await;
+    let (res, _) = get(&untrusting.url("/v1/x")).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn tls_listener_serves_https_clients_trusting_its_ca() {
+    let pki = Pki::generate("listener");
+    let origin = echo_origin().await;
+    let proxy = Proxy::launch(&format!(
+        "upstream = \"http://{}\"\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        origin.addr(),
+        pki.cert_file.display(),
+        pki.key_file.display()
+    ))
+    .await;
+    let url = format!("https://localhost:{}/secure?x=1", proxy.listen.port());
+    let res = tokio::time::timeout(
+        Duration::from_secs(20),
+        pki.client()
+            .request(Request::get(url.as_str()).body(Full::default()).unwrap()),
+    )
+    .await
+    .expect("in time")
+    .expect("HTTPS response");
+    assert_eq!(res.status(), StatusCode::OK);
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.starts_with("GET /secure?x=1\n"), "{text}");
+    assert!(
+        text.contains(";proto=https;host="),
+        "Forwarded carries proto=https: {text}"
+    );
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(20),
+        client().request(
+            Request::get(proxy.url("/secure"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("in time");
+    assert!(plain.is_err(), "plain HTTP must fail: {plain:?}");
+    assert_eq!(origin.calls(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-route overrides, breaker states in /health.
+
+/// An origin that answers 500 under `/fragile` and a cacheable 200 elsewhere; counts calls
+/// per path.
+async fn route_origin() -> (TestServer, Arc<Mutex<HashMap<String, u64>>>) {
+    let per_path = Arc::new(Mutex::new(HashMap::<String, u64>::new()));
+    let counts = per_path.clone();
+    let server = TestServer::start(move |req: Request<Incoming>| {
+        let path = req.uri().path().to_owned();
+        *counts.lock().unwrap().entry(path.clone()).or_default() += 1;
+        async move {
+            let mut res = stormwall_tests::http::ok(format!("{} {path}", req.method()));
+            if path.starts_with("/fragile") {
+                *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            } else {
+                res.headers_mut().insert(
+                    "cache-control",
+                    http::HeaderValue::from_static("public, max-age=60"),
+                );
+            }
+            res
+        }
+    })
+    .await;
+    (server, per_path)
+}
+
+const ROUTES: &str = "[inbound]\nstandard = false\n[inbound.rate_limit]\nper_second = 0.001\nburst = 1\n\
+[outbound]\npreset = \"none\"\n\
+[[route]]\nname = \"open\"\nprefix = \"/open\"\n[route.inbound.rate_limit]\nenabled = false\n\
+[[route]]\nname = \"docs\"\nprefix = \"/docs/\"\nmethods = [\"GET\"]\n\
+[route.inbound.rate_limit]\nenabled = false\n[route.inbound.cache]\nmax_bytes = 1048576\n\
+[[route]]\nname = \"fragile\"\nprefix = \"/fragile\"\n[route.inbound.rate_limit]\nburst = 100\n\
+[route.outbound.circuit]\nwindow_calls = 4\nminimum_calls = 2\nfailure_rate = 50.0\nwait = \"600s\"\n";
+
+#[tokio::test]
+async fn routes_override_layers_by_prefix_and_method() {
+    let (origin, per_path) = route_origin().await;
+    let proxy = Proxy::start(origin.addr(), ROUTES).await;
+    let calls = |path: &str| per_path.lock().unwrap().get(path).copied().unwrap_or(0);
+
+    // The global chain: one request per 1000 s.
+    assert_eq!(get(&proxy.url("/other")).await.0.status(), StatusCode::OK);
+    assert_eq!(
+        get(&proxy.url("/other")).await.0.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // `/open` disables the limit; no cache there (the global chain has none).
+    for _ in 0..3 {
+        assert_eq!(get(&proxy.url("/open/a")).await.0.status(), StatusCode::OK);
+    }
+    assert_eq!(calls("/open/a"), 3);
+    // A segment boundary: `/openx` is not under `/open`, so the global limit applies.
+    assert_eq!(
+        get(&proxy.url("/openx")).await.0.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    // `/docs/` (GET only) adds a cache and no limit.
+    let (first, _) = get(&proxy.url("/docs/a")).await;
+    let (second, body) = get(&proxy.url("/docs/a")).await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    assert_eq!(&body[..], b"GET /docs/a");
+    assert_eq!(
+        calls("/docs/a"),
+        1,
+        "the repeat came from the route's cache"
+    );
+    let cache_status = second
+        .headers()
+        .get("cache-status")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(cache_status.contains("hit"), "{cache_status:?}");
+    // POST is not a method of `/docs/`: the global chain (and its spent limit) answers.
+    let (res, _) = send(
+        Request::post(proxy.url("/docs/a"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(calls("/docs/a"), 1);
+
+    // `/fragile` has its own breaker: it opens after failures, the others stay closed.
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(get(&proxy.url("/fragile")).await.0.status());
+    }
+    assert_eq!(
+        statuses[0],
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[5], StatusCode::BAD_GATEWAY, "{statuses:?}");
+    assert!(calls("/fragile") < 6, "the open breaker spared the origin");
+    assert_eq!(get(&proxy.url("/open/b")).await.0.status(), StatusCode::OK);
+
+    let (res, body) = get(&proxy.admin_url("/health")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let health = String::from_utf8_lossy(&body);
+    assert!(health.contains("\"status\":\"degraded\""), "{health}");
+    assert!(
+        health.contains("{\"route\":\"fragile\",\"name\":\"fragile\",\"state\":\"open\"}"),
+        "{health}"
+    );
+    assert!(
+        !health.contains("\"redis\""),
+        "no [redis] section: {health}"
+    );
+}
+
+#[tokio::test]
+async fn health_lists_closed_breakers_per_route_when_all_is_well() {
+    let origin = echo_origin().await;
+    let proxy = Proxy::start(
+        origin.addr(),
+        "[outbound]\npreset = \"fast_fail\"\nname = \"api\"\n\
+         [[route]]\nname = \"search\"\nprefix = \"/search\"\n",
+    )
+    .await;
+    assert_eq!(
+        get(&proxy.url("/search?q=x")).await.0.status(),
+        StatusCode::OK
+    );
+    let (_, body) = get(&proxy.admin_url("/health")).await;
+    let health = String::from_utf8_lossy(&body);
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    assert!(
+        health.contains("{\"route\":\"*\",\"name\":\"api\",\"state\":\"closed\"}"),
+        "{health}"
+    );
+    // The route inherits the global outbound section but has its own breaker, named after
+    // the global `name` it inherited.
+    assert!(
+        health.contains("{\"route\":\"search\",\"name\":\"api\",\"state\":\"closed\"}"),
+        "{health}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared limits through Redis.
+
+#[tokio::test]
+async fn two_proxies_share_one_quota_through_redis() {
+    let mut redis = RedisServer::start();
+    let origin = echo_origin().await;
+    // 7 requests, then one per 1000 s; long Redis timeouts so that a loaded machine does not
+    // turn slow answers into fail-open admissions.
+    let config = format!(
+        "[redis]\nurl = \"{}\"\ntimeout = \"5s\"\non_failure = \"closed\"\n\
+         [inbound]\nstandard = false\n[inbound.rate_limit]\nper_second = 0.001\nburst = 7\nkey = \"global\"\n",
+        redis.url()
+    );
+    let a = Proxy::start(origin.addr(), &config).await;
+    let b = Proxy::start(origin.addr(), &config).await;
+    let mut admitted = 0;
+    let mut rejected = 0;
+    for i in 0..20 {
+        let proxy = if i % 2 == 0 { &a } else { &b };
+        let (res, _) = get(&proxy.url("/shared")).await;
+        match res.status() {
+            StatusCode::OK => admitted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                rejected += 1;
+                assert!(res.headers().contains_key("retry-after"));
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(admitted, 7, "one quota for both proxies");
+    assert_eq!(rejected, 13);
+    assert_eq!(origin.calls(), 7);
+
+    let (_, body) = get(&a.admin_url("/health")).await;
+    let health = String::from_utf8_lossy(&body);
+    assert!(
+        health.contains(&format!(
+            "\"redis\":{{\"address\":\"127.0.0.1:{}\",\"reachable\":true}}",
+            redis.port()
+        )),
+        "{health}"
+    );
+    assert!(health.contains("\"status\":\"ok\""), "{health}");
+    redis.kill();
+    let (_, body) = get(&b.admin_url("/health")).await;
+    let health = String::from_utf8_lossy(&body);
+    assert!(health.contains("\"reachable\":false"), "{health}");
+    assert!(health.contains("\"status\":\"degraded\""), "{health}");
+    // `on_failure = "closed"`: with Redis gone, requests are rejected.
+    assert_eq!(
+        get(&a.url("/shared")).await.0.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Coalescing.
+
+/// The sum of a counter's samples in a Prometheus text page.
+fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn concurrent_identical_requests_are_coalesced_into_one() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let release = gate.clone();
+    let origin = TestServer::start(move |_req: Request<Incoming>| {
+        let gate = gate.clone();
+        async move {
+            gate.notified().await;
+            stormwall_tests::http::ok("shared answer")
+        }
+    })
+    .await;
+    let proxy = Proxy::start(
+        origin.addr(),
+        "[inbound]\nstandard = false\n[inbound.coalesce]\nmax_waiters = 64\n",
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let url = proxy.url("/expensive?id=7");
+        tasks.push(tokio::spawn(async move { get(&url).await }));
+    }
+    // Hold the origin until the four followers have joined the leader (metrics say so).
+    let mut joined = 0.0;
+    for _ in 0..400 {
+        let (_, page) = get(&proxy.admin_url("/metrics")).await;
+        joined = metric_sum(
+            &String::from_utf8_lossy(&page),
+            "stormwall_coalesce_hits_total",
+        );
+        if joined >= 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(joined, 4.0, "four requests joined the first");
+    release.notify_one();
+    for task in tasks {
+        let (res, body) = task.await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(&body[..], b"shared answer");
+    }
+    assert_eq!(origin.calls(), 1, "one origin call for five requests");
 }

@@ -63,8 +63,11 @@
 //! number of instances ([`local_quota`]). After 3 consecutive failures a short circuit skips
 //! Redis for 100 ms, doubling up to 2 s, so a dead Redis is not hammered; then a single probe
 //! request tries Redis again, and when it answers every decision goes back to Redis. The
-//! connection reconnects by itself ([`redis::aio::ConnectionManager`], or the cluster
-//! connection which also follows slot moves).
+//! connection reconnects by itself after an error ([`redis::aio::ConnectionManager`], or the
+//! cluster connection which also follows slot moves); on one server, when the short circuit
+//! opens (or a probe fails) on a **timeout**, the store also replaces the connection, so a
+//! connection that swallows everything without ever failing (a host gone without a reset, a
+//! partition) does not keep every call timing out.
 //!
 //! A call that timed out may still run on Redis later (e.g. a paused server catching up): it
 //! then spends quota for a request that was decided by the failure policy. That errs on the
@@ -85,6 +88,7 @@
 //! | `stormwall_redis_errors_total` | counter | `kind` = `timeout` \| `error` | failed Redis calls |
 //! | `stormwall_redis_fallbacks_total` | counter | `policy` = `error` \| `open` \| `closed` \| `local` | decisions answered by the failure policy |
 //! | `stormwall_redis_short_circuits_total` | counter | | decisions that skipped Redis (short circuit open) |
+//! | `stormwall_redis_reconnects_total` | counter | | connections replaced after timeouts (one server) |
 //! | `stormwall_redis_circuit_open` | gauge | | 1 while the short circuit is open |
 //! | `stormwall_redis_latency_seconds` | histogram | | round-trip time of successful calls |
 //!

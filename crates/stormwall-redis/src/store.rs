@@ -3,8 +3,8 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,14 +30,34 @@ pub struct ConnectError(#[from] RedisError);
 
 #[derive(Clone)]
 enum Backend {
-    Single(ConnectionManager),
+    Single(Arc<Single>),
     Cluster(ClusterConnection),
+}
+
+/// One Redis server: a connection manager that the store replaces with a fresh one when
+/// calls time out. The manager reconnects by itself after an I/O error, but a connection
+/// that swallows everything (a Redis host gone without a reset, a network partition, a
+/// silently dropped NAT entry) never errors: without a replacement every call would time
+/// out until the kernel gives up on the socket, many minutes later.
+struct Single {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    conn: RwLock<ConnectionManager>,
+}
+
+impl Single {
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Backend {
     async fn invoke(self, inv: redis::ScriptInvocation<'_>) -> Result<Vec<i64>, RedisError> {
         match self {
-            Self::Single(mut c) => inv.invoke_async(&mut c).await,
+            Self::Single(s) => inv.invoke_async(&mut s.conn()).await,
             Self::Cluster(mut c) => inv.invoke_async(&mut c).await,
         }
     }
@@ -46,8 +66,24 @@ impl Backend {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(keys);
         match self {
-            Self::Single(mut c) => cmd.query_async(&mut c).await,
+            Self::Single(s) => cmd.query_async(&mut s.conn()).await,
             Self::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+
+    /// Replaces the connection (one server only; the cluster connection manages its own).
+    /// Calls in flight keep the old one until they end; then it closes. Returns whether a
+    /// new connection was set up (it connects lazily, on the next call).
+    fn renew(&self) -> bool {
+        let Self::Single(s) = self else {
+            return false;
+        };
+        match ConnectionManager::new_lazy_with_config(s.client.clone(), s.config.clone()) {
+            Ok(fresh) => {
+                *s.conn.write().unwrap_or_else(PoisonError::into_inner) = fresh;
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -138,8 +174,12 @@ impl RedisStoreBuilder {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let cm = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(self.build(Backend::Single(cm)))
+        let cm = ConnectionManager::new_lazy_with_config(client.clone(), config.clone())?;
+        Ok(self.build(Backend::Single(Arc::new(Single {
+            client,
+            config,
+            conn: RwLock::new(cm),
+        }))))
     }
 
     /// A store on a Redis Cluster, given one or more of its nodes. Connects to the cluster
@@ -187,6 +227,7 @@ struct Counters {
     timeouts: AtomicU64,
     fallbacks: AtomicU64,
     short_circuits: AtomicU64,
+    reconnects: AtomicU64,
 }
 
 /// A snapshot of a [`RedisStore`]'s counters ([`RedisStore::stats`]).
@@ -203,6 +244,9 @@ pub struct RedisStats {
     pub fallbacks: u64,
     /// Decisions that skipped Redis because the short circuit was open.
     pub short_circuits: u64,
+    /// Connections replaced because calls timed out (one server only: each time the short
+    /// circuit opens, or a probe fails, on a timeout).
+    pub reconnects: u64,
     /// Whether the short circuit is open now.
     pub circuit_open: bool,
 }
@@ -295,6 +339,7 @@ impl RedisStore {
             timeouts: c.timeouts.load(Ordering::Relaxed),
             fallbacks: c.fallbacks.load(Ordering::Relaxed),
             short_circuits: c.short_circuits.load(Ordering::Relaxed),
+            reconnects: c.reconnects.load(Ordering::Relaxed),
             circuit_open: self.inner.circuit.is_open(),
         }
     }
@@ -443,6 +488,12 @@ impl Inner {
         {
             metrics::gauge!("stormwall_redis_circuit_open").set(1.0);
             tracing::warn!(error = %err, "stormwall redis: Redis failing, short circuit open");
+            // Timeouts in a row: the connection may be a black hole that never errors. The
+            // next call (the probe) goes out on a fresh one.
+            if matches!(err, StoreError::Timeout) && self.backend.renew() {
+                self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("stormwall_redis_reconnects_total").increment(1);
+            }
         } else {
             tracing::debug!(error = %err, "stormwall redis: Redis call failed");
         }

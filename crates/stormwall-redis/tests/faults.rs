@@ -1,7 +1,8 @@
 //! Faults on a real `redis-server`: killed mid-run, paused (SIGSTOP), down at start. The
-//! configured policy holds from the next request, no request waits longer than the timeout
-//! (plus a generous 200 ms bound on a loaded box: a bound on a hang, not a performance
-//! assert), and decisions go back to Redis by themselves when it returns.
+//! configured policy holds from the next request, no request hangs (a 5 s watchdog per
+//! decision, 100× the timeout: a liveness bound, not a timing assert), and decisions go back
+//! to Redis by themselves when it returns. The added-latency bound (≤ the timeout) is
+//! asserted in virtual time by the reliability suite (`tests/tests/reliability/redis_faults.rs`).
 
 mod support;
 
@@ -15,7 +16,8 @@ use stormwall_tests::redis::RedisServer;
 use support::check;
 
 const TIMEOUT: Duration = Duration::from_millis(50);
-const HANG_BOUND: Duration = Duration::from_millis(250);
+/// A liveness watchdog on one decision (not a performance bound): reaching it is a hang.
+const HANG_BOUND: Duration = Duration::from_secs(5);
 
 struct Probe {
     limit: LimitId,
@@ -32,17 +34,15 @@ impl Probe {
         }
     }
 
-    /// One decision, timed; panics if it hangs past the bound.
+    /// One decision; panics if it hangs past the watchdog.
     async fn decide(&self, store: &RedisStore) -> Result<Decision, StoreError> {
         let c = [check(&self.limit, &self.key, self.quota, Algorithm::Gcra)];
-        let t = std::time::Instant::now();
-        let r = store.check(Instant::now(), &c, CheckMode::Acquire).await;
-        let took = t.elapsed();
-        assert!(
-            took <= HANG_BOUND,
-            "a decision took {took:?} (timeout {TIMEOUT:?})"
-        );
-        r
+        tokio::time::timeout(
+            HANG_BOUND,
+            store.check(Instant::now(), &c, CheckMode::Acquire),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("a decision hung (timeout {TIMEOUT:?}): {:?}", store.stats()))
     }
 }
 

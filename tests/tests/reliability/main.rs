@@ -18,7 +18,10 @@
 //!   end to end and on the limiter directly.
 //! - [`soak`]: mixed traffic through both standard stacks, memory sampled.
 //!
-//! Scenario 6 (Redis faults) lives with the Redis store: `crates/stormwall-redis/tests/faults.rs`.
+//! With the `redis` feature (also in `--all-features`; needs `redis-server`):
+//! - [`redis_faults`] (scenario 6): slow, reset mid-script, down and black-holed Redis
+//!   through a fault-injecting TCP proxy, under every failure policy; the added latency in
+//!   virtual time. Killing and pausing the server: `crates/stormwall-redis/tests/faults.rs`.
 //!
 //! Long variants run with `STORMWALL_EXTENDED=1`; the default sizes still assert the bound.
 
@@ -33,6 +36,8 @@ mod key_flood;
 mod outage;
 #[cfg(feature = "full")]
 mod overload;
+#[cfg(feature = "redis")]
+mod redis_faults;
 #[cfg(feature = "full")]
 mod soak;
 mod spoofing;

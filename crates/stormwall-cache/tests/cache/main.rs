@@ -4,6 +4,7 @@ mod support;
 
 mod coalescing;
 mod inbound;
+mod passthrough;
 mod rfc5861;
 mod rfc9111_s3_storage;
 mod rfc9111_s4_freshness_validation;

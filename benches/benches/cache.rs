@@ -11,7 +11,8 @@
 //! response body. `baseline` rows are the origin alone, without any layer.
 //!
 //! Instruction counts (stable on a loaded machine): with `CACHE_CALLGRIND=<group>:<row>:<n>`
-//! (group `hit`, `miss` or `pass`; row `baseline`, `stormwall`, `http-cache-tower` or
+//! (group `hit`, `miss` or `pass`, or `hit-shared` for a shared cache's hit, stormwall
+//! only; row `baseline`, `stormwall`, `http-cache-tower` or
 //! `tower-resilience-cache`) the binary runs `n` iterations of one row instead of criterion,
 //! e.g. under `valgrind --tool=callgrind`; the difference between two `n` divided by the
 //! difference of `n` is the cost per iteration, setup excluded. With `CACHE_AB=<rounds>:<n>`
@@ -224,6 +225,14 @@ fn callgrind(spec: &str) {
     let n: u64 = n.parse().expect("iterations");
     let total = match group {
         "hit" => run_row(row, origin, None, n),
+        // The hit of a shared cache (inbound; keyed on the forwarding headers too).
+        "hit-shared" => {
+            assert_eq!(row, "stormwall", "hit-shared has only the stormwall row");
+            let svc = stormwall::cache::CacheLayer::shared()
+                .max_bytes(256 * 1024 * 1024)
+                .layer(service_fn(origin));
+            run_n(svc, None, n)
+        }
         "miss" => run_row(row, origin, Some("http://api.example/items/"), n),
         "pass" => run_row(row, api_origin, Some("http://api.example/orders/"), n),
         other => panic!("unknown group {other}"),

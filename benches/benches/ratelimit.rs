@@ -2,6 +2,11 @@
 //! `tower::limit::RateLimit` behind `tower::buffer::Buffer` (full layer), same run.
 //!
 //! `cargo bench -p stormwall-benches --features ratelimit --bench ratelimit -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Instruction counts (stable under load): build with `--no-run`, then run the bench binary
+//! under `valgrind --tool=callgrind` with `RATELIMIT_CALLGRIND=<case>:<iterations>` (cases:
+//! see [`callgrind`]); the binary then runs that case alone and exits. Per-call counts are
+//! the difference between two iteration counts divided by the difference in iterations.
 
 #![allow(missing_docs)]
 
@@ -14,8 +19,8 @@ use std::time::Duration;
 use axum::body::Body;
 use circuit_http::{Request, Response};
 use circuit_tower::{Layer, ServiceExt, service_fn};
-use criterion::{Criterion, criterion_group, criterion_main};
-use stormwall::ratelimit::{DirectLimiter, Limit, Limiter, Quota, RateLimitLayer};
+use criterion::{Criterion, criterion_group};
+use stormwall::ratelimit::{Clock, DirectLimiter, Limit, Limiter, Quota, RateLimitLayer};
 
 /// A quota so large that every decision admits: the benches measure the admitted path.
 fn huge() -> Quota {
@@ -29,19 +34,31 @@ fn gov_huge() -> governor::Quota {
 fn decisions(c: &mut Criterion) {
     let mut g = c.benchmark_group("ratelimit/decision");
 
-    // Single key, real clocks (governor: quanta; ours: tokio's Instant).
+    // Single key, real clocks (governor: quanta; ours: tokio's Instant by default, or the
+    // TSC through quanta with `Clock::tsc()`).
     let ours = DirectLimiter::new(huge());
-    g.bench_function("stormwall DirectLimiter (GCRA, 1 CAS)", |b| {
+    g.bench_function("stormwall DirectLimiter (GCRA, 1 CAS, tokio clock)", |b| {
         b.iter(|| black_box(ours.try_acquire(1).is_ok()))
+    });
+    let ours_tsc = DirectLimiter::with_clock(huge(), Clock::tsc());
+    g.bench_function("stormwall DirectLimiter (GCRA, 1 CAS, Clock::tsc)", |b| {
+        b.iter(|| black_box(ours_tsc.try_acquire(1).is_ok()))
     });
     let gov = governor::RateLimiter::direct(gov_huge());
     g.bench_function("governor direct", |b| {
         b.iter(|| black_box(gov.check().is_ok()))
     });
 
-    // What the clock read costs (tokio's Instant, the one the layers must use).
+    // What the clock reads cost.
     g.bench_function("clock: tokio::time::Instant::now()", |b| {
         b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    g.bench_function("clock: std::time::Instant::now()", |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+    let tsc = Clock::tsc();
+    g.bench_function("clock: stormwall Clock::tsc().now() (quanta)", |b| {
+        b.iter(|| black_box(tsc.now()))
     });
 
     // Single key, decision only (no clock read): explicit time / fake clock.
@@ -71,10 +88,20 @@ fn decisions(c: &mut Criterion) {
         let _ = gov_keyed.check_key(&k);
     }
     let mut i = 0u64;
-    g.bench_function("stormwall Limiter keyed (InMemoryStore)", |b| {
+    g.bench_function(
+        "stormwall Limiter keyed (InMemoryStore, tokio clock)",
+        |b| {
+            b.iter(|| {
+                i = (i + 7919) % 10_000;
+                black_box(keyed.try_acquire(&i, 1).is_ok())
+            })
+        },
+    );
+    let keyed_tsc = keyed.clone().clock(Clock::tsc());
+    g.bench_function("stormwall Limiter keyed (InMemoryStore, Clock::tsc)", |b| {
         b.iter(|| {
             i = (i + 7919) % 10_000;
-            black_box(keyed.try_acquire(&i, 1).is_ok())
+            black_box(keyed_tsc.try_acquire(&i, 1).is_ok())
         })
     });
     g.bench_function("governor keyed dashmap", |b| {
@@ -123,6 +150,14 @@ fn layers(c: &mut Criterion) {
     g.bench_function("stormwall RateLimit (global key, no headers)", |b| {
         b.to_async(&rt).iter(|| ours_plain.clone().oneshot(req()))
     });
+    let ours_tsc = RateLimitLayer::new(Limit::global("global", huge()))
+        .draft_headers(false)
+        .clock(Clock::tsc())
+        .layer(inner());
+    g.bench_function(
+        "stormwall RateLimit (global key, no headers, Clock::tsc)",
+        |b| b.to_async(&rt).iter(|| ours_tsc.clone().oneshot(req())),
+    );
 
     let config = tower_governor::governor::GovernorConfigBuilder::default()
         .per_nanosecond(1)
@@ -148,5 +183,120 @@ fn layers(c: &mut Criterion) {
     g.finish();
 }
 
+/// Runs one case `n` times, for callgrind (`RATELIMIT_CALLGRIND=<case>:<n>`). Cases:
+/// `none` (setup only), `direct`, `direct-tsc`, `governor`, `keyed`, `keyed-tsc`,
+/// `governor-keyed`, `layer-bare`, `layer`, `layer-headers`, `layer-tsc`, `tower-governor`.
+fn callgrind(case: &str, n: u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = rt.enter();
+    let direct = DirectLimiter::new(huge());
+    let direct_tsc = DirectLimiter::with_clock(huge(), Clock::tsc());
+    let gov = governor::RateLimiter::direct(gov_huge());
+    let keyed = Limiter::new("bench", huge());
+    let keyed_tsc = keyed.clone().clock(Clock::tsc());
+    let gov_keyed = governor::RateLimiter::dashmap(gov_huge());
+    for k in 0..10_000u64 {
+        let _ = keyed.try_acquire(&k, 1);
+        let _ = gov_keyed.check_key(&k);
+    }
+    let layer = |headers: bool, clock: Clock| {
+        RateLimitLayer::new(Limit::global("global", huge()))
+            .draft_headers(headers)
+            .clock(clock)
+            .layer(inner())
+    };
+    let plain = layer(false, Clock::tokio());
+    let with_headers = layer(true, Clock::tokio());
+    let tsc = layer(false, Clock::tsc());
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+        .finish()
+        .unwrap();
+    let tg = tower_governor::GovernorLayer::<_, _, Body>::new(config).layer(inner());
+    let bare = inner();
+    let f = Fixtures {
+        direct,
+        direct_tsc,
+        gov,
+        keyed,
+        keyed_tsc,
+        gov_keyed,
+        plain,
+        with_headers,
+        tsc,
+        tg,
+        bare,
+    };
+    callgrind_loop(&rt, &f, case, n);
+}
+
+struct Fixtures<G, K, T> {
+    direct: DirectLimiter,
+    direct_tsc: DirectLimiter,
+    gov: G,
+    keyed: Limiter,
+    keyed_tsc: Limiter,
+    gov_keyed: K,
+    plain: stormwall::ratelimit::RateLimit<Inner>,
+    with_headers: stormwall::ratelimit::RateLimit<Inner>,
+    tsc: stormwall::ratelimit::RateLimit<Inner>,
+    tg: T,
+    bare: Inner,
+}
+
+type GovDirect = governor::DefaultDirectRateLimiter;
+type GovKeyed = governor::DefaultKeyedRateLimiter<u64>;
+
+/// The measured loop alone: `valgrind --tool=callgrind --collect-atstart=no
+/// --toggle-collect='*callgrind_loop*'` counts only this (no setup, no clock calibration).
+/// Each layer call is one `block_on` (the same for every layer case, the bare service's
+/// included: subtract `layer-bare` for the overhead).
+#[inline(never)]
+fn callgrind_loop<T>(
+    rt: &tokio::runtime::Runtime,
+    f: &Fixtures<GovDirect, GovKeyed, T>,
+    case: &str,
+    n: u64,
+) where
+    T: circuit_tower::Service<Request<Body>> + Clone,
+{
+    let mut i = 0u64;
+    let mut next = || {
+        i = (i + 7919) % 10_000;
+        i
+    };
+    for _ in 0..n {
+        match case {
+            "none" => {}
+            "direct" => _ = black_box(f.direct.try_acquire(1).is_ok()),
+            "direct-tsc" => _ = black_box(f.direct_tsc.try_acquire(1).is_ok()),
+            "governor" => _ = black_box(f.gov.check().is_ok()),
+            "keyed" => _ = black_box(f.keyed.try_acquire(&next(), 1).is_ok()),
+            "keyed-tsc" => _ = black_box(f.keyed_tsc.try_acquire(&next(), 1).is_ok()),
+            "governor-keyed" => _ = black_box(f.gov_keyed.check_key(&next()).is_ok()),
+            "layer-bare" => _ = black_box(rt.block_on(f.bare.oneshot(req()))),
+            "layer" => _ = black_box(rt.block_on(f.plain.clone().oneshot(req()))),
+            "layer-headers" => _ = black_box(rt.block_on(f.with_headers.clone().oneshot(req()))),
+            "layer-tsc" => _ = black_box(rt.block_on(f.tsc.clone().oneshot(req()))),
+            "tower-governor" => _ = black_box(rt.block_on(f.tg.clone().oneshot(req())).is_ok()),
+            other => panic!("unknown case {other}"),
+        }
+    }
+}
+
 criterion_group!(benches, decisions, layers);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("RATELIMIT_CALLGRIND") {
+        let (case, n) = spec.split_once(':').unwrap_or((&spec, "100000"));
+        callgrind(case, n.parse().expect("iterations"));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

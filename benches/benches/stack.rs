@@ -5,7 +5,8 @@
 //! The inner service answers `200` at once (no I/O), so the figure is the stack's own
 //! per-request overhead: cache lookup (a miss: the response carries no freshness), coalescing
 //! (a flight of one), retry (one attempt, budget deposit), breaker (closed), rate limiter (an
-//! admitted GCRA decision) and the attempt timeout, plus one boxed stage each.
+//! admitted GCRA decision) and the attempt timeout; the stages are unboxed, the stack boxes
+//! once at its edge (future and body).
 
 #![allow(missing_docs)] // criterion_group! generates an undocumented function
 

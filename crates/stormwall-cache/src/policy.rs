@@ -309,8 +309,49 @@ pub(crate) fn corrected_initial_age(
 pub(crate) enum VaryKey {
     /// `Vary: *` (or an unparseable Vary): never matches.
     Star,
-    /// Header name → the request's normalized combined value (`None` when absent).
-    Fields(Vec<(HeaderName, Option<String>)>),
+    /// Header name → the request's normalized combined value (`None` when absent); and
+    /// whether the forwarding headers are keyed (shared mode): then those the stored request
+    /// carried are among the fields, and a request carrying any other one does not match.
+    Fields(Vec<(HeaderName, Option<String>)>, bool),
+}
+
+/// [`FORWARDING_HEADERS`] as header names.
+static FORWARDING_NAMES: std::sync::LazyLock<[HeaderName; 9]> =
+    std::sync::LazyLock::new(|| FORWARDING_HEADERS.map(HeaderName::from_static));
+
+/// Whether `headers` has `name` with the normalized combined value `stored` (what
+/// [`combined_value`] would return), without allocating.
+fn value_eq(headers: &HeaderMap, name: &HeaderName, stored: Option<&str>) -> bool {
+    let mut values = headers.get_all(name).iter().peekable();
+    let Some(stored) = stored else {
+        return values.peek().is_none();
+    };
+    if values.peek().is_none() {
+        return false;
+    }
+    let mut rest = stored.as_bytes();
+    let mut nonempty = false;
+    for v in values {
+        let Ok(s) = std::str::from_utf8(v.as_bytes()) else {
+            // Lossy decoding: take the allocating path.
+            return combined_value(headers, name).as_deref() == Some(stored);
+        };
+        for part in s.split(',') {
+            let part = part.trim();
+            if nonempty {
+                match rest.split_first() {
+                    Some((b',', r)) => rest = r,
+                    _ => return false,
+                }
+            }
+            match rest.strip_prefix(part.as_bytes()) {
+                Some(r) => rest = r,
+                None => return false,
+            }
+            nonempty = nonempty || !part.is_empty();
+        }
+    }
+    rest.is_empty()
 }
 
 fn combined_value(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
@@ -340,13 +381,16 @@ pub(crate) fn secondary_key(
     let mut key = vary_key(res_headers, req_headers);
     if rules.shared
         && rules.key_forwarding_headers
-        && let VaryKey::Fields(fields) = &mut key
+        && let VaryKey::Fields(fields, forwarding) = &mut key
     {
-        for name in FORWARDING_HEADERS {
-            let name = HeaderName::from_static(name);
-            if !fields.iter().any(|(n, _)| *n == name) {
-                let value = combined_value(req_headers, &name);
-                fields.push((name, value));
+        *forwarding = true;
+        // Only those the request carried: the absence of the others is checked by one pass
+        // over the new request's names (see `matches`), not one lookup per header.
+        for name in FORWARDING_NAMES.iter() {
+            if !fields.iter().any(|(n, _)| n == name)
+                && let Some(value) = combined_value(req_headers, name)
+            {
+                fields.push((name.clone(), Some(value)));
             }
         }
     }
@@ -377,7 +421,7 @@ pub(crate) fn vary_key(res_headers: &HeaderMap, req_headers: &HeaderMap) -> Vary
             }
         }
     }
-    VaryKey::Fields(fields)
+    VaryKey::Fields(fields, false)
 }
 
 impl VaryKey {
@@ -385,9 +429,15 @@ impl VaryKey {
     pub(crate) fn matches(&self, req_headers: &HeaderMap) -> bool {
         match self {
             Self::Star => false,
-            Self::Fields(fields) => fields
-                .iter()
-                .all(|(name, value)| combined_value(req_headers, name) == *value),
+            Self::Fields(fields, forwarding) => {
+                fields
+                    .iter()
+                    .all(|(name, value)| value_eq(req_headers, name, value.as_deref()))
+                    && (!forwarding
+                        || req_headers.keys().all(|n| {
+                            !FORWARDING_NAMES.contains(n) || fields.iter().any(|(f, _)| f == n)
+                        }))
+            }
         }
     }
 }
@@ -965,6 +1015,37 @@ mod tests {
         );
     }
 
+    // The allocation-free comparison agrees with the normalized combined value.
+    #[test]
+    fn value_eq_agrees_with_combined_value() {
+        let name = HeaderName::from_static("accept-language");
+        let cases: [&[&str]; 8] = [
+            &[],
+            &[""],
+            &["en"],
+            &["en, fr"],
+            &["en ,  fr", "de"],
+            &[", a"],
+            &["a, ,b"],
+            &["a,", "b"],
+        ];
+        for req in cases {
+            let pairs: Vec<(&str, &str)> = req.iter().map(|v| ("accept-language", *v)).collect();
+            let headers = h(&pairs);
+            let want = combined_value(&headers, &name);
+            for other in cases {
+                let pairs: Vec<(&str, &str)> =
+                    other.iter().map(|v| ("accept-language", *v)).collect();
+                let stored = combined_value(&h(&pairs), &name);
+                assert_eq!(
+                    value_eq(&headers, &name, stored.as_deref()),
+                    want == stored,
+                    "{req:?} vs {other:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn shared_mode_keys_on_forwarding_headers() {
         let shared = Rules {
@@ -991,6 +1072,23 @@ mod tests {
             ..Rules::default()
         };
         assert!(secondary_key(&off, &HeaderMap::new(), &poisoned).matches(&HeaderMap::new()));
+        // Two forwarding headers: both must match, and no third may be added.
+        let two = h(&[("x-forwarded-host", "a"), ("forwarded", "for=1")]);
+        let key = secondary_key(&shared, &HeaderMap::new(), &two);
+        assert!(key.matches(&two));
+        assert!(!key.matches(&poisoned));
+        assert!(!key.matches(&h(&[("x-forwarded-host", "a")])));
+        let three = h(&[
+            ("x-forwarded-host", "a"),
+            ("forwarded", "for=1"),
+            ("x-original-url", "/admin"),
+        ]);
+        assert!(!key.matches(&three));
+        // Vary naming a forwarding header keeps its own (absent) value in the fields.
+        let vary = h(&[("vary", "x-forwarded-host")]);
+        let key = secondary_key(&shared, &vary, &HeaderMap::new());
+        assert!(key.matches(&HeaderMap::new()));
+        assert!(!key.matches(&poisoned));
     }
 
     // §4: primary key.

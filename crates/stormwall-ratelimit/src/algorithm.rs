@@ -117,32 +117,34 @@ pub struct Gcra;
 impl Gcra {
     /// Decides a request of `cost` units at `now` given the stored `tat`. Returns the decision
     /// and, when admitted, the new TAT to store.
+    #[inline]
     pub fn decide(q: &Quota, tat: u64, now: u64, cost: u64) -> (Decision, Option<u64>) {
         let t = q.interval_nanos();
         let tau = q.burst() * t;
         let base = tat.max(now);
         let limit_at = now.saturating_add(tau);
-        let remaining_before = limit_at.saturating_sub(base) / t;
-        if cost > q.burst() {
-            return (
-                decision(q, false, remaining_before, base - now, u64::MAX),
-                None,
-            );
+        // One division by the interval on each path (the remaining units), done as a
+        // multiplication by the quota's precomputed reciprocal.
+        if cost <= q.burst() {
+            let new_tat = base.saturating_add(cost * t);
+            if new_tat <= limit_at {
+                let remaining = q.div_interval(limit_at - new_tat);
+                return (
+                    decision(q, true, remaining, new_tat - now, 0),
+                    Some(new_tat),
+                );
+            }
         }
-        let new_tat = base.saturating_add(cost * t);
-        if new_tat <= limit_at {
-            let remaining = (limit_at - new_tat) / t;
-            (
-                decision(q, true, remaining, new_tat - now, 0),
-                Some(new_tat),
-            )
+        let remaining_before = q.div_interval(limit_at.saturating_sub(base));
+        let retry = if cost > q.burst() {
+            u64::MAX
         } else {
-            let retry = new_tat - tau - now;
-            (
-                decision(q, false, remaining_before, base - now, retry),
-                None,
-            )
-        }
+            base.saturating_add(cost * t) - tau - now
+        };
+        (
+            decision(q, false, remaining_before, base - now, retry),
+            None,
+        )
     }
 
     /// The TAT after giving back `cost` units spent by an admitted request (used to undo a

@@ -20,7 +20,7 @@ use crate::layer::{FailurePolicy, Mode, Shared, WaitEvent};
 use crate::response::{
     RateLimitWait, RateLimited, RejectReason, quota_headers, reject_response, rejection,
 };
-use crate::service::Prepared;
+use crate::service::{Prepared, is_grpc};
 use crate::stats::inc;
 use crate::store::{CheckMode, LimitCheck, Store};
 use crate::wait::Ticket;
@@ -61,8 +61,11 @@ pin_project! {
         S: Service<Request<ReqB>>,
         St: Store,
     {
-        Fast { #[pin] fut: S::Future, shared: Arc<Shared<St>>, decision: Decision },
-        Rejected { shared: Arc<Shared<St>>, grpc: bool, reason: RejectReason, retry: Duration, decision: Option<Decision> },
+        // The shared state and the decision only when the response gets headers.
+        Fast { #[pin] fut: S::Future, deco: Option<Deco<St>> },
+        // Boxed: rejections are the rare path, and keeping them small keeps every admitted
+        // request's future small (it is moved a few times).
+        Rejected { rejected: Box<(Arc<Shared<St>>, bool, RejectReason, Duration, Option<Decision>)> },
         Slow { fut: Pin<Box<SlowFuture<S, ReqB, St>>> },
         Done,
     }
@@ -85,13 +88,9 @@ where
     S: Service<Request<ReqB>>,
     St: Store,
 {
-    pub(crate) fn fast(fut: S::Future, shared: Arc<Shared<St>>, decision: Decision) -> Self {
+    pub(crate) fn fast(fut: S::Future, deco: Option<Deco<St>>) -> Self {
         Self {
-            kind: Kind::Fast {
-                fut,
-                shared,
-                decision,
-            },
+            kind: Kind::Fast { fut, deco },
         }
     }
 
@@ -104,11 +103,7 @@ where
     ) -> Self {
         Self {
             kind: Kind::Rejected {
-                shared,
-                grpc,
-                reason,
-                retry,
-                decision,
+                rejected: Box::new((shared, grpc, reason, retry, decision)),
             },
         }
     }
@@ -167,23 +162,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let out = match this.kind.as_mut().project() {
-            KindProj::Fast {
-                fut,
-                shared,
-                decision,
-            } => {
+            KindProj::Fast { fut, deco } => {
                 let res = ready!(fut.poll(cx))?;
-                let (mut parts, body) = res.into_parts();
-                decorate(shared, Some(&*decision), &mut parts.headers);
-                Ok(Response::from_parts(parts, ResponseBody::inner(body)))
+                match deco {
+                    Some(deco) => {
+                        let (mut parts, body) = res.into_parts();
+                        decorate(&deco.shared, Some(&deco.decision()), &mut parts.headers);
+                        Ok(Response::from_parts(parts, ResponseBody::inner(body)))
+                    }
+                    None => Ok(res.map(ResponseBody::inner)),
+                }
             }
-            KindProj::Rejected {
-                shared,
-                grpc,
-                reason,
-                retry,
-                decision,
-            } => Ok(reject_now(shared, *grpc, *reason, *retry, *decision)),
+            KindProj::Rejected { rejected } => {
+                let (shared, grpc, reason, retry, decision) = &**rejected;
+                Ok(reject_now(shared, *grpc, *reason, *retry, *decision))
+            }
             KindProj::Slow { fut } => ready!(fut.as_mut().poll(cx)),
             KindProj::Done => panic!("ResponseFuture polled after completion"),
         };
@@ -210,6 +203,44 @@ where
     }
 }
 
+/// What an admitted response's headers need from the decision, compact: the future that
+/// holds it is moved a few times per request.
+pub(crate) struct Deco<St> {
+    shared: Arc<Shared<St>>,
+    limit: u64,
+    period: u64,
+    remaining: u64,
+    reset: u64,
+    index: usize,
+}
+
+impl<St> Deco<St> {
+    pub(crate) fn new(shared: Arc<Shared<St>>, d: &Decision) -> Self {
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            shared,
+            limit: d.limit,
+            period: nanos(d.period),
+            remaining: d.remaining,
+            reset: nanos(d.reset),
+            index: d.index,
+        }
+    }
+
+    fn decision(&self) -> Decision {
+        Decision {
+            allowed: true,
+            limit: self.limit,
+            period: Duration::from_nanos(self.period),
+            remaining: self.remaining,
+            reset: Duration::from_nanos(self.reset),
+            retry_after: Duration::ZERO,
+            delay: Duration::ZERO,
+            index: self.index,
+        }
+    }
+}
+
 /// Counts an admission (no wait).
 pub(crate) fn count_admitted<St>(shared: &Shared<St>) {
     inc(&shared.counters.admitted);
@@ -222,7 +253,7 @@ fn decorate<St>(shared: &Shared<St>, decision: Option<&Decision>, headers: &mut 
         && let Some(d) = decision
         && let Some(limit) = shared.limits.get(d.index)
     {
-        quota_headers(headers, limit.name(), d, shared.headers, false);
+        quota_headers(headers, limit.name(), d, shared.headers, false, Some(limit));
     }
 }
 
@@ -427,12 +458,12 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
                 self.decision = Some(d);
                 self.ticket = None;
                 if d.delay > Duration::ZERO {
-                    Next::Sleep(saturating_add(Instant::now(), d.delay), false)
+                    Next::Sleep(saturating_add(self.shared.clock.now(), d.delay), false)
                 } else {
                     Next::Ready
                 }
             }
-            Ok(d) => self.over(Instant::now(), d.retry_after, Some(d)),
+            Ok(d) => self.over(self.shared.clock.now(), d.retry_after, Some(d)),
             Err(e) => {
                 if let Some(g) = self.gated.take() {
                     g.cancel();
@@ -463,7 +494,7 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
 
     fn released(&mut self) {
         let now = if self.held {
-            Instant::now()
+            self.shared.clock.now()
         } else {
             self.started
         };
@@ -495,7 +526,8 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
         decision: Option<Decision>,
     ) -> Response<ResponseBody<ResB>> {
         self.ticket = None;
-        reject_now(&self.shared, self.p.grpc, reason, retry, decision)
+        let grpc = self.req.as_ref().is_some_and(|r| is_grpc(r.headers()));
+        reject_now(&self.shared, grpc, reason, retry, decision)
     }
 }
 
@@ -518,7 +550,7 @@ where
                 StateProj::Queued { deadline } => {
                     let head = this.ctx.ticket.as_ref().is_none_or(|t| t.poll_head(cx));
                     if head {
-                        this.ctx.check(Instant::now())
+                        this.ctx.check(this.ctx.shared.clock.now())
                     } else if deadline.as_mut().poll(cx).is_ready() {
                         let retry = this
                             .ctx
@@ -535,7 +567,7 @@ where
                     if !*recheck {
                         Next::Ready
                     } else if this.ctx.ticket.as_ref().is_none_or(|t| t.poll_head(cx)) {
-                        this.ctx.check(Instant::now())
+                        this.ctx.check(this.ctx.shared.clock.now())
                     } else {
                         Next::Queue(this.ctx.deadline())
                     }
@@ -596,7 +628,7 @@ fn finish<S, ReqB, St: Store, ResB>(
     let (mut parts, body) = res.into_parts();
     let shared = &*ctx.shared;
     if let Some(g) = ctx.gated.take()
-        && let Some(pause) = g.observe(parts.status, &parts.headers, Instant::now())
+        && let Some(pause) = g.observe(parts.status, &parts.headers, shared.clock.now())
     {
         inc(&shared.counters.pushbacks);
         metrics::counter!("stormwall_ratelimit_pushbacks_total").increment(1);

@@ -9,6 +9,7 @@ use http::Response;
 use tower_layer::Layer;
 
 use crate::adaptive::Adaptive;
+use crate::clock::Clock;
 use crate::limit::Limit;
 use crate::memory::InMemoryStore;
 use crate::response::{HeaderOptions, RejectFn, Rejection};
@@ -64,6 +65,16 @@ pub(crate) struct Shared<St> {
     pub(crate) failure: FailurePolicy,
     pub(crate) adaptive: Option<Arc<Adaptive>>,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) clock: Clock,
+    /// Whether any limit's key or quota depends on the request.
+    pub(crate) needs_request: bool,
+}
+
+impl<St> Shared<St> {
+    /// Whether admitted responses get headers (otherwise the admitted path keeps no state).
+    pub(crate) fn decorates(&self) -> bool {
+        self.headers.on_admitted && (self.headers.draft || self.headers.legacy)
+    }
 }
 
 impl<St> Clone for Shared<St> {
@@ -80,6 +91,8 @@ impl<St> Clone for Shared<St> {
             failure: self.failure,
             adaptive: self.adaptive.clone(),
             counters: self.counters.clone(),
+            clock: self.clock.clone(),
+            needs_request: self.needs_request,
         }
     }
 }
@@ -125,6 +138,7 @@ impl RateLimitLayer<InMemoryStore> {
 impl<St: Store> RateLimitLayer<St> {
     /// A layer enforcing `limit` with state in `store`.
     pub fn with_store(limit: Limit, store: St) -> Self {
+        let needs_request = limit.needs_request();
         Self {
             shared: Arc::new(Shared {
                 limits: vec![limit],
@@ -142,6 +156,8 @@ impl<St: Store> RateLimitLayer<St> {
                 failure: FailurePolicy::Open,
                 adaptive: None,
                 counters: Arc::new(Counters::default()),
+                clock: Clock::tokio(),
+                needs_request,
             }),
         }
     }
@@ -154,7 +170,16 @@ impl<St: Store> RateLimitLayer<St> {
     /// Adds a limit: a request is admitted only if every limit admits it, and a request
     /// rejected by one limit spends nothing in any.
     pub fn limit(self, limit: Limit) -> Self {
-        self.edit(|s| s.limits.push(limit))
+        self.edit(|s| {
+            s.needs_request |= limit.needs_request();
+            s.limits.push(limit);
+        })
+    }
+
+    /// Where the layer reads the time (default [`Clock::tokio`], which follows tokio's paused
+    /// clock in tests). [`Clock::tsc`] is cheaper per request but ignores a paused clock.
+    pub fn clock(self, clock: Clock) -> Self {
+        self.edit(|s| s.clock = clock)
     }
 
     /// Reject mode (the default): over quota → 429 at once.

@@ -72,6 +72,11 @@
 //!   the same trait. [`FailurePolicy`] says what happens when the store fails.
 //! - **Outside tower**: [`Limiter`] (`try_acquire`, `check`, `available`, `reset`,
 //!   `acquire().await`) and [`DirectLimiter`] (one lock-free cell).
+//! - **Time** ([`Clock`]): every limiter reads tokio's clock by default, so tests can pause
+//!   and advance it. [`Clock::tsc`] (the CPU's time-stamp counter through `quanta`, as
+//!   `governor` does) is cheaper per decision but ignores a paused clock: an opt-in for hot
+//!   production paths ([`RateLimitLayer::clock`], [`Limiter::clock`],
+//!   [`DirectLimiter::with_clock`]).
 //!
 //! # Metrics
 //!
@@ -93,6 +98,8 @@
 
 mod adaptive;
 pub mod algorithm;
+mod cell;
+mod clock;
 mod error;
 mod future;
 mod layer;
@@ -104,9 +111,14 @@ mod response;
 mod service;
 mod stats;
 pub mod store;
+mod sync;
 mod wait;
 
+#[cfg(all(test, stormwall_loom))]
+mod loom_tests;
+
 pub use algorithm::{Algorithm, Decision};
+pub use clock::Clock;
 pub use error::{ErrorFuture, ErrorOnReject, RateLimitError};
 pub use future::ResponseFuture;
 pub use layer::{FailurePolicy, Mode, RateLimitLayer, WaitEvent};

@@ -1,14 +1,17 @@
 //! [`Limit`]: one named limit of a layer (key extractor, quota, tiers, algorithm).
 
+use std::any::TypeId;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::Request;
-use parking_lot::RwLock;
+use http::{HeaderValue, Request};
+use parking_lot::Mutex;
 use stormwall_core::KeyExtractor;
 use stormwall_core::key::GlobalKey;
 
 use crate::algorithm::Algorithm;
+use crate::cell::QuotaCell;
 use crate::quota::Quota;
 use crate::store::{LimitId, LimitKey};
 
@@ -51,6 +54,12 @@ pub struct Limit {
     key: Arc<KeyFnDyn>,
     quota: QuotaHandle,
     tiers: Option<Arc<TierFnDyn>>,
+    /// The key when it does not depend on the request (a global limit): the layer then
+    /// skips taking the request apart for this limit.
+    fixed_key: Option<LimitKey>,
+    /// The last rendered `RateLimit-Policy` value and the quota (limit, period) it was
+    /// rendered for.
+    policy: Arc<Mutex<Option<(u64, Duration, HeaderValue)>>>,
     pub(crate) algorithm: Algorithm,
     pub(crate) adaptive: bool,
 }
@@ -74,6 +83,7 @@ impl Limit {
     where
         K: KeyExtractor<Request<()>> + Send + Sync + 'static,
     {
+        let fixed_key = (TypeId::of::<K>() == TypeId::of::<GlobalKey>()).then(LimitKey::global);
         Self {
             id: LimitId::new(name),
             key: Arc::new(move |req: &Request<()>| match key.extract(req) {
@@ -82,6 +92,8 @@ impl Limit {
             }),
             quota: QuotaHandle::new(quota),
             tiers: None,
+            fixed_key,
+            policy: Arc::new(Mutex::new(None)),
             algorithm: Algorithm::Gcra,
             adaptive: true,
         }
@@ -139,7 +151,45 @@ impl Limit {
     }
 
     pub(crate) fn key_of(&self, req: &Request<()>) -> LimitKey {
-        (self.key)(req)
+        match &self.fixed_key {
+            Some(k) => k.clone(),
+            None => (self.key)(req),
+        }
+    }
+
+    /// Whether the key or the quota depends on the request (otherwise the layer need not
+    /// take the request apart to show its head to the extractors).
+    pub(crate) fn needs_request(&self) -> bool {
+        self.fixed_key.is_none() || self.tiers.is_some()
+    }
+
+    /// The key and quota of a limit that does not look at the request.
+    pub(crate) fn fixed(&self) -> Option<(LimitKey, Quota)> {
+        match (&self.fixed_key, &self.tiers) {
+            (Some(k), None) => Some((k.clone(), self.quota.get())),
+            _ => None,
+        }
+    }
+
+    /// The `RateLimit-Policy` value for `limit` units per `period`: rendered once per quota
+    /// and cached (a cache busy on another thread is skipped, never waited for).
+    pub(crate) fn policy_value(
+        &self,
+        limit: u64,
+        period: Duration,
+        render: impl FnOnce() -> Option<HeaderValue>,
+    ) -> Option<HeaderValue> {
+        if let Some(mut cache) = self.policy.try_lock() {
+            if let Some((l, p, v)) = &*cache
+                && (*l, *p) == (limit, period)
+            {
+                return Some(v.clone());
+            }
+            let v = render()?;
+            *cache = Some((limit, period, v.clone()));
+            return Some(v);
+        }
+        render()
     }
 
     pub(crate) fn quota_of(&self, req: &Request<()>) -> Quota {
@@ -151,23 +201,27 @@ impl Limit {
 }
 
 /// A shared, run-time changeable quota. See [`Limit::quota_handle`].
+///
+/// Reading it takes no lock (a sequence lock over the quota's words: a reader never blocks and
+/// never sees half of a change).
 #[derive(Clone, Debug)]
-pub struct QuotaHandle(Arc<RwLock<Quota>>);
+pub struct QuotaHandle(Arc<QuotaCell>);
 
 impl QuotaHandle {
     /// A handle holding `quota`.
     pub fn new(quota: Quota) -> Self {
-        Self(Arc::new(RwLock::new(quota)))
+        Self(Arc::new(QuotaCell::new(quota)))
     }
 
     /// The current quota.
+    #[inline]
     pub fn get(&self) -> Quota {
-        *self.0.read()
+        self.0.get()
     }
 
     /// Replaces the quota; takes effect on the next decision.
     pub fn set(&self, quota: Quota) {
-        *self.0.write() = quota;
+        self.0.set(quota);
     }
 }
 

@@ -4,12 +4,13 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use stormwall_core::time::{Instant, sleep};
+use stormwall_core::time::sleep;
 
-use crate::algorithm::{Algorithm, Decision, Gcra};
+use crate::algorithm::{Algorithm, Decision};
+use crate::cell::GcraCell;
+use crate::clock::{Clock, Ticker};
 use crate::limit::QuotaHandle;
 use crate::memory::InMemoryStore;
 use crate::quota::Quota;
@@ -56,6 +57,7 @@ pub struct Limiter<St = InMemoryStore> {
     quota: QuotaHandle,
     algorithm: Algorithm,
     store: Arc<St>,
+    clock: Clock,
 }
 
 impl<St> Clone for Limiter<St> {
@@ -65,6 +67,7 @@ impl<St> Clone for Limiter<St> {
             quota: self.quota.clone(),
             algorithm: self.algorithm,
             store: self.store.clone(),
+            clock: self.clock.clone(),
         }
     }
 }
@@ -96,7 +99,7 @@ impl Limiter<InMemoryStore> {
     ) -> Result<Decision, Decision> {
         let key = LimitKey::from_key(key);
         match self.store.check_now(
-            Instant::now(),
+            self.clock.now(),
             &[self.limit_check(&key, cost)],
             CheckMode::Acquire,
         ) {
@@ -115,7 +118,7 @@ impl Limiter<InMemoryStore> {
         let key = LimitKey::from_key(key);
         self.store
             .check_now(
-                Instant::now(),
+                self.clock.now(),
                 &[self.limit_check(&key, cost)],
                 CheckMode::Peek,
             )
@@ -141,7 +144,15 @@ impl<St: Store> Limiter<St> {
             quota: QuotaHandle::new(quota),
             algorithm: Algorithm::Gcra,
             store: Arc::new(store),
+            clock: Clock::tokio(),
         }
+    }
+
+    /// Where the limiter reads the time (default [`Clock::tokio`]; [`Clock::tsc`] is cheaper
+    /// but ignores tokio's paused clock).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Sets the algorithm.
@@ -179,7 +190,7 @@ impl<St: Store> Limiter<St> {
     ) -> Result<Decision, StoreError> {
         let key = LimitKey::from_key(key);
         self.store
-            .check(Instant::now(), &[self.limit_check(&key, cost)], mode)
+            .check(self.clock.now(), &[self.limit_check(&key, cost)], mode)
             .await
     }
 
@@ -192,9 +203,9 @@ impl<St: Store> Limiter<St> {
         max_wait: Duration,
     ) -> Result<Duration, AcquireError> {
         let key = LimitKey::from_key(key);
-        let start = Instant::now();
+        let start = self.clock.now();
         loop {
-            let now = Instant::now();
+            let now = self.clock.now();
             let d = self
                 .store
                 .check(now, &[self.limit_check(&key, cost)], CheckMode::Acquire)
@@ -203,7 +214,7 @@ impl<St: Store> Limiter<St> {
                 if d.delay > Duration::ZERO {
                     sleep(d.delay).await;
                 }
-                return Ok(start.elapsed());
+                return Ok(self.clock.now().saturating_duration_since(start));
             }
             if d.retry_after == Duration::MAX {
                 return Err(AcquireError::Never);
@@ -231,46 +242,37 @@ impl<St: Store> Limiter<St> {
 /// ```
 #[derive(Debug)]
 pub struct DirectLimiter {
-    tat: AtomicU64,
+    cell: GcraCell,
     quota: Quota,
-    epoch: Instant,
+    ticker: Ticker,
 }
 
 impl DirectLimiter {
-    /// A full limiter.
+    /// A full limiter reading tokio's clock ([`Clock::tokio`]).
     pub fn new(quota: Quota) -> Self {
+        Self::with_clock(quota, Clock::tokio())
+    }
+
+    /// A full limiter reading `clock` ([`Clock::tsc`] is cheaper but ignores tokio's paused
+    /// clock).
+    pub fn with_clock(quota: Quota, clock: Clock) -> Self {
         Self {
-            tat: AtomicU64::new(0),
+            cell: GcraCell::new(),
             quota,
-            epoch: Instant::now(),
+            ticker: clock.ticker(),
         }
     }
 
     /// Decides `cost` units now.
+    #[inline]
     pub fn try_acquire(&self, cost: u64) -> Result<Decision, Decision> {
-        let now = u64::try_from(
-            Instant::now()
-                .saturating_duration_since(self.epoch)
-                .as_nanos(),
-        )
-        .unwrap_or(u64::MAX / 2)
-            + 1;
-        self.try_acquire_at(now, cost)
+        self.try_acquire_at(self.ticker.nanos(), cost)
     }
 
     /// Decides `cost` units at `now` (nanoseconds since the limiter's creation).
+    #[inline]
     pub fn try_acquire_at(&self, now: u64, cost: u64) -> Result<Decision, Decision> {
-        let mut cur = self.tat.load(Ordering::Acquire);
-        loop {
-            let (d, new) = Gcra::decide(&self.quota, cur, now, cost);
-            let Some(new) = new else { return Err(d) };
-            match self
-                .tat
-                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Ok(d),
-                Err(actual) => cur = actual,
-            }
-        }
+        let d = self.cell.decide(&self.quota, now, cost, true, false);
+        if d.allowed { Ok(d) } else { Err(d) }
     }
 }

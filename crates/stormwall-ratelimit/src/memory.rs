@@ -10,9 +10,8 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use stormwall_core::time::Instant;
 
-use crate::algorithm::{
-    Algorithm, Decision, FixedWindow, Gcra, LeakyBucket, SlidingCounter, SlidingLog,
-};
+use crate::algorithm::{Algorithm, Decision, FixedWindow, Gcra, SlidingCounter, SlidingLog};
+use crate::cell::GcraCell;
 use crate::quota::Quota;
 use crate::store::{CheckMode, LimitCheck, LimitId, LimitKey, Store, StoreError, combine};
 
@@ -74,7 +73,7 @@ pub struct InMemoryStore {
 }
 
 struct Inner {
-    map: DashMap<(u32, LimitKey), Slot>,
+    map: DashMap<(u32, LimitKey), Slot, foldhash::fast::RandomState>,
     epoch: Instant,
     max_keys: usize,
     at_capacity: AtCapacity,
@@ -87,7 +86,7 @@ struct Inner {
 }
 
 enum Slot {
-    Tat(AtomicU64),
+    Tat(GcraCell),
     Log(Box<Mutex<(SlidingLog, Quota)>>),
     Counter(Box<Mutex<(SlidingCounter, Quota)>>),
     Fixed(Box<Mutex<(FixedWindow, Quota)>>),
@@ -105,7 +104,7 @@ impl Slot {
             Algorithm::FixedWindow => {
                 Self::Fixed(Box::new(Mutex::new((FixedWindow::default(), quota))))
             }
-            Algorithm::Gcra | Algorithm::LeakyBucket => Self::Tat(AtomicU64::new(0)),
+            Algorithm::Gcra | Algorithm::LeakyBucket => Self::Tat(GcraCell::new()),
         }
     }
 
@@ -121,7 +120,7 @@ impl Slot {
 
     fn is_idle(&self, now: u64) -> bool {
         match self {
-            Self::Tat(tat) => Gcra::is_idle(tat.load(Ordering::Relaxed), now),
+            Self::Tat(tat) => Gcra::is_idle(tat.tat(), now),
             Self::Log(m) => {
                 let g = m.lock();
                 g.0.is_idle(&g.1, now)
@@ -142,22 +141,8 @@ impl Slot {
         let q = &c.quota;
         match self {
             Self::Tat(tat) => {
-                let decide = if c.algorithm == Algorithm::LeakyBucket {
-                    LeakyBucket::decide
-                } else {
-                    Gcra::decide
-                };
-                let mut cur = tat.load(Ordering::Acquire);
-                loop {
-                    let (dec, new) = decide(q, cur, now, c.cost);
-                    let Some(new) = new.filter(|_| commit) else {
-                        return (dec, now);
-                    };
-                    match tat.compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire) {
-                        Ok(_) => return (dec, now),
-                        Err(actual) => cur = actual,
-                    }
-                }
+                let leaky = c.algorithm == Algorithm::LeakyBucket;
+                (tat.decide(q, now, c.cost, commit, leaky), now)
             }
             Self::Log(m) => {
                 let mut g = m.lock();
@@ -182,11 +167,7 @@ impl Slot {
     fn refund(&self, c: &LimitCheck<'_>, at: u64) {
         let q = &c.quota;
         match self {
-            Self::Tat(tat) => {
-                let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                    Some(Gcra::refund(q, t, c.cost))
-                });
-            }
+            Self::Tat(tat) => tat.refund(q, c.cost),
             Self::Log(m) => m.lock().0.refund(at, c.cost),
             Self::Counter(m) => m.lock().0.refund(q, at, c.cost),
             Self::Fixed(m) => m.lock().0.refund(q, at, c.cost),
@@ -246,7 +227,9 @@ impl InMemoryStore {
     fn build(max_keys: usize, at_capacity: AtCapacity, sweep: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                map: DashMap::new(),
+                // foldhash, seeded per map: much cheaper than SipHash for the small keys here
+                // (IPs, integers, short strings), and a random seed keeps collisions unguessable.
+                map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
                 epoch: Instant::now(),
                 max_keys,
                 at_capacity,

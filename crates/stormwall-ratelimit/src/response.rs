@@ -14,6 +14,7 @@ use stormwall_core::headers::{
 use stormwall_core::response::ResponseBody;
 
 use crate::algorithm::Decision;
+use crate::limit::Limit;
 
 /// Why a request was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,25 +75,34 @@ pub(crate) fn quota_headers(
     d: &Decision,
     opts: HeaderOptions,
     overwrite: bool,
+    cache: Option<&Limit>,
 ) {
     if d.limit == u64::MAX {
         return;
     }
     let mut put = |k: &http::HeaderName, v: Option<HeaderValue>| {
-        if let Some(v) = v
-            && (overwrite || !headers.contains_key(k))
-        {
-            headers.insert(k.clone(), v);
+        if let Some(v) = v {
+            if overwrite {
+                headers.insert(k.clone(), v);
+            } else if let http::header::Entry::Vacant(e) = headers.entry(k.clone()) {
+                e.insert(v);
+            }
         }
     };
     if opts.draft {
         if simple_name(name) && d.limit <= SF_INT_MAX && d.remaining <= SF_INT_MAX {
             // The same bytes as the core's formatters, without a structured-field serializer
-            // on the hot path (see the `fast_headers_match_the_core_formatters` test).
+            // (or `core::fmt`) on the hot path (see the `fast_headers_match_the_core_formatters`
+            // test). The policy only changes with the quota: rendered once per quota.
             let w = ceil_secs(d.period);
             let t = ceil_secs(d.reset);
-            put(&RATELIMIT_POLICY, sf_item(name, ('q', d.limit), ('w', w)));
-            put(&RATELIMIT, sf_item(name, ('r', d.remaining), ('t', t)));
+            let policy = || sf_item(name, (b'q', d.limit), (b'w', w));
+            let policy = match cache {
+                Some(limit) => limit.policy_value(d.limit, d.period, policy),
+                None => policy(),
+            };
+            put(&RATELIMIT_POLICY, policy);
+            put(&RATELIMIT, sf_item(name, (b'r', d.remaining), (b't', t)));
         } else {
             put(
                 &RATELIMIT_POLICY,
@@ -114,17 +124,50 @@ pub(crate) fn quota_headers(
     }
 }
 
-/// `"name";a=1;b=2`, formatted on the stack (one allocation: the header value itself).
-fn sf_item(name: &str, a: (char, u64), b: (char, u64)) -> Option<HeaderValue> {
-    use std::io::Write;
-    let mut buf = [0u8; 160];
-    let mut cur = std::io::Cursor::new(&mut buf[..]);
-    match write!(cur, "\"{name}\";{}={};{}={}", a.0, a.1, b.0, b.1) {
-        Ok(()) => {
-            let n = usize::try_from(cur.position()).unwrap_or(0);
-            HeaderValue::from_bytes(&buf[..n]).ok()
+/// `"name";a=1;b=2`, written on the stack (one allocation: the header value itself).
+fn sf_item(name: &str, a: (u8, u64), b: (u8, u64)) -> Option<HeaderValue> {
+    let mut buf = [0u8; 128];
+    let mut n = 0;
+    let mut push = |bytes: &[u8]| {
+        let end = n + bytes.len();
+        let dst = buf.get_mut(n..end)?;
+        dst.copy_from_slice(bytes);
+        n = end;
+        Some(())
+    };
+    let mut digits = [0u8; 20];
+    let short = (|| {
+        push(b"\"")?;
+        push(name.as_bytes())?;
+        push(b"\";")?;
+        push(&[a.0, b'='])?;
+        push(itoa(a.1, &mut digits))?;
+        push(&[b';', b.0, b'='])?;
+        push(itoa(b.1, &mut digits))
+    })();
+    match short {
+        Some(()) => HeaderValue::from_bytes(&buf[..n]).ok(),
+        None => HeaderValue::try_from(format!(
+            "\"{name}\";{}={};{}={}",
+            char::from(a.0),
+            a.1,
+            char::from(b.0),
+            b.1
+        ))
+        .ok(),
+    }
+}
+
+/// The decimal digits of `v`.
+fn itoa(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
         }
-        Err(_) => HeaderValue::try_from(format!("\"{name}\";{}={};{}={}", a.0, a.1, b.0, b.1)).ok(),
     }
 }
 
@@ -149,7 +192,7 @@ pub(crate) fn rejection(
         headers.insert(RETRY_AFTER, format_retry_after(retry_after));
     }
     if let (Some(d), Some(name)) = (&decision, &limit) {
-        quota_headers(&mut headers, name, d, opts, true);
+        quota_headers(&mut headers, name, d, opts, true, None);
     }
     Rejection {
         reason,
@@ -280,7 +323,7 @@ mod tests {
                 index: 0,
             };
             let mut h = HeaderMap::new();
-            quota_headers(&mut h, name, &d, opts, true);
+            quota_headers(&mut h, name, &d, opts, true, None);
             assert_eq!(
                 Some(&h[&RATELIMIT_POLICY]),
                 RateLimitPolicy::format_all(&[RateLimitPolicy::new(name, limit, period)]).as_ref()
@@ -291,6 +334,24 @@ mod tests {
                     .as_ref()
             );
         }
+        // A name too long for the stack buffer takes the allocating fallback, same bytes.
+        let long = "n".repeat(150);
+        let d = Decision {
+            allowed: true,
+            limit: u64::from(u32::MAX),
+            period: Duration::from_secs(60),
+            remaining: 123_456,
+            reset: Duration::from_millis(2500),
+            retry_after: Duration::ZERO,
+            delay: Duration::ZERO,
+            index: 0,
+        };
+        let mut h = HeaderMap::new();
+        quota_headers(&mut h, &long, &d, opts, true, None);
+        assert_eq!(
+            Some(&h[&RATELIMIT]),
+            RateLimitStatus::format_all(&[RateLimitStatus::new(&long, 123_456, d.reset)]).as_ref()
+        );
         // Names that need escaping go through the core's serializer.
         let mut h = HeaderMap::new();
         let d = Decision {
@@ -303,7 +364,7 @@ mod tests {
             delay: Duration::ZERO,
             index: 0,
         };
-        quota_headers(&mut h, "a\"b", &d, opts, true);
+        quota_headers(&mut h, "a\"b", &d, opts, true, None);
         assert_eq!(h[&RATELIMIT_POLICY], r#""a\"b";q=1;w=1"#);
     }
 }

@@ -11,7 +11,7 @@ use stormwall_core::time::Instant;
 use tower_service::Service;
 
 use crate::algorithm::Decision;
-use crate::future::{ResponseFuture, count_admitted};
+use crate::future::{Deco, ResponseFuture, count_admitted};
 use crate::layer::{Mode, RateLimitLayer, Shared};
 use crate::limit::{Cost, Limit, Priority};
 use crate::memory::InMemoryStore;
@@ -110,18 +110,33 @@ pub(crate) struct Prepared {
     pub(crate) keys: Keys,
     pub(crate) cost: u64,
     pub(crate) priority: u8,
-    pub(crate) grpc: bool,
     pub(crate) queue_key: u64,
 }
 
-pub(crate) fn prepare<St>(shared: &Shared<St>, head: &Request<()>) -> Prepared {
-    let of = |l: &Limit| (l.key_of(head), l.quota_of(head));
+/// The request's keys, quotas, cost and priority. `head` is the request without its body,
+/// needed only when a limit's key or quota depends on the request
+/// ([`Shared::needs_request`]); `ext` are its extensions.
+pub(crate) fn prepare<St>(
+    shared: &Shared<St>,
+    head: Option<&Request<()>>,
+    ext: &http::Extensions,
+) -> Prepared {
+    let of = |l: &Limit| match head {
+        Some(head) => (l.key_of(head), l.quota_of(head)),
+        // Without a head every limit is fixed; the fallback is never used.
+        None => l
+            .fixed()
+            .unwrap_or_else(|| (LimitKey::unkeyed(), l.quota())),
+    };
     let keys = Keys {
         first: of(&shared.limits[0]),
-        rest: shared.limits[1..].iter().map(of).collect(),
+        rest: match &shared.limits[1..] {
+            [] => Vec::new(),
+            rest => rest.iter().map(of).collect(),
+        },
     };
-    let ext = head.extensions();
-    let queue_key = if matches!(shared.mode, Mode::Wait { .. }) {
+    let wait = matches!(shared.mode, Mode::Wait { .. });
+    let queue_key = if wait {
         let mut h = DefaultHasher::new();
         for (k, _) in keys.iter() {
             k.hash(&mut h);
@@ -133,13 +148,20 @@ pub(crate) fn prepare<St>(shared: &Shared<St>, head: &Request<()>) -> Prepared {
     Prepared {
         keys,
         cost: ext.get::<Cost>().map_or(1, |c| c.0),
-        priority: ext.get::<Priority>().map_or(0, |p| p.0),
-        grpc: head
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+        priority: if wait {
+            ext.get::<Priority>().map_or(0, |p| p.0)
+        } else {
+            0
+        },
         queue_key,
     }
+}
+
+/// Whether a request is a gRPC call (its rejection is then `RESOURCE_EXHAUSTED`).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn sync_check<St: Store>(
@@ -186,14 +208,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let (parts, body) = req.into_parts();
-        let head = Request::from_parts(parts, ());
-        let prepared = prepare(&self.shared, &head);
-        let (parts, ()) = head.into_parts();
-        let req = Request::from_parts(parts, body);
-        let now = Instant::now();
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
+        let prepared = if shared.needs_request {
+            // The core's key extractors look at a `Request<()>`: lend them the head.
+            let (parts, body) = req.into_parts();
+            let head = Request::from_parts(parts, ());
+            let prepared = prepare(shared, Some(&head), head.extensions());
+            let (parts, ()) = head.into_parts();
+            req = Request::from_parts(parts, body);
+            prepared
+        } else {
+            prepare(shared, None, req.extensions())
+        };
+        let now = shared.clock.now();
         // Fast path: a store that decides synchronously, no adaptation, no queue to respect.
         if shared.adaptive.is_none()
             && !(matches!(shared.mode, Mode::Wait { .. })
@@ -203,7 +231,9 @@ where
             match result {
                 Ok(d) if d.allowed && d.delay.is_zero() => {
                     count_admitted(shared);
-                    return ResponseFuture::fast(self.inner.call(req), shared.clone(), d);
+                    // Only a response that gets headers needs the decision afterwards.
+                    let deco = shared.decorates().then(|| Deco::new(shared.clone(), &d));
+                    return ResponseFuture::fast(self.inner.call(req), deco);
                 }
                 Ok(d) if d.allowed => {
                     // A shaper admitted it for later: hold it (the quota is already spent).
@@ -213,7 +243,7 @@ where
                     return ResponseFuture::delayed(inner, req, shared, prepared, now, d);
                 }
                 Ok(d) if shared.mode == Mode::Reject && !shared.shadow => {
-                    let (grpc, retry) = (prepared.grpc, d.retry_after);
+                    let (grpc, retry) = (is_grpc(req.headers()), d.retry_after);
                     let reason = RejectReason::Limited;
                     return ResponseFuture::rejected(shared.clone(), grpc, reason, retry, Some(d));
                 }

@@ -259,3 +259,35 @@ async fn leaky_bucket_shapes_in_reject_mode() {
         ]
     );
 }
+
+/// The TSC clock (real time, not paused) on a global limit, with the cached `RateLimit-Policy`
+/// following a run-time quota change. 5 per hour: no unit refills while the test runs.
+#[tokio::test]
+async fn tsc_clock_global_limit_and_policy_follows_quota_changes() {
+    use stormwall_ratelimit::Clock;
+    use tower::Layer as _;
+    let limit = Limit::global("g", Quota::per_hour(5).unwrap());
+    let handle = limit.quota_handle();
+    let svc = RateLimitLayer::new(limit)
+        .clock(Clock::tsc())
+        .layer(ok_service());
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let res = svc.clone().oneshot(req()).await.unwrap();
+        if res.status() == StatusCode::OK {
+            assert_eq!(res.headers()["ratelimit-policy"], "\"g\";q=5;w=3600");
+        }
+        statuses.push(res.status());
+    }
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!((ok, statuses.len() - ok), (5, 3));
+    // A bigger quota: the spent state stays, the policy shows the new quota at once.
+    // Spent: 5 × 720 s. Now 360 s per unit, burst 12 (4,320 s): one more fits, then one left.
+    handle.set(Quota::per_hour(10).unwrap().with_burst(12).unwrap());
+    let res = svc.clone().oneshot(req()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["ratelimit-policy"], "\"g\";q=10;w=3600");
+    // (t is 3,960 s minus the real time the test took, rounded up: not asserted exactly.)
+    let status = res.headers()["ratelimit"].to_str().unwrap();
+    assert!(status.starts_with("\"g\";r=1;t=39"), "{status}");
+}

@@ -99,8 +99,10 @@
 //! | coalesce below retry | each waiting caller runs its own retry loop |
 //! | timeout above limiter | time spent waiting for a token counts against the attempt |
 //!
-//! The stacks box each stage once (one allocation per stage per request, measured in
-//! `BENCHMARKS.md`); the layers themselves use named futures and no boxing.
+//! The stacks compose their stages without boxing (a stage that is off is one side of an
+//! `Either`); the service they build boxes once, at its outer edge, so that it has a short
+//! name ([`Outbound`], [`Inbound`]). The layers themselves use named futures. Costs are
+//! measured in `BENCHMARKS.md`.
 //!
 //! # Errors
 //!

@@ -4,25 +4,26 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::future::Future;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
+use http_body_util::Either as EitherBody;
 use stormwall_core::BoxError;
 use stormwall_core::headers::format_retry_after;
 use stormwall_core::key::PeerIp;
-use tower::util::{BoxCloneSyncService, ServiceExt};
+use tower::util::{BoxCloneSyncService, Either, ServiceExt};
 use tower::{Layer, Service};
 
 use crate::body::{Body, boxed};
 use crate::cache::CacheLayer;
 use crate::circuit::{BreakerConfig, CircuitBreakerError, CircuitBreakerLayer, Window};
-use crate::coalesce::{CoalesceFailure, CoalesceLayer};
+use crate::coalesce::{CoalesceFailure, CoalesceLayer, DefaultKey};
+use crate::core::key::KeyExtractor;
 use crate::error::Error;
-use crate::ratelimit::{Limit, Quota, RateLimitLayer, RateLimited};
+use crate::ratelimit::{InMemoryStore, Limit, Quota, RateLimitLayer, RateLimited, Store};
 use crate::retry::{RetryBody, RetryError, RetryLayer};
 
 type Boxed<E> = BoxCloneSyncService<Request<Body>, Response<Body>, E>;
@@ -50,17 +51,35 @@ type Boxed<E> = BoxCloneSyncService<Request<Body>, Response<Body>, E>;
 ///     .attempt_timeout(Duration::from_secs(2));
 /// # let _ = stack;
 /// ```
-#[derive(Clone)]
-pub struct OutboundStack {
+///
+/// The rate-limit stage takes a [`RateLimitLayer`] over any [`Store`] (`St`: e.g. the Redis
+/// store of `stormwall::redis`, for a quota shared between instances) and the coalescing
+/// stage a [`CoalesceLayer`] with any key (`K`); setting them changes the stack's type
+/// parameters. The stages are composed without boxing; the built [`Outbound`] service boxes
+/// once, at its outer edge.
+pub struct OutboundStack<St = InMemoryStore, K = DefaultKey> {
     cache: Option<CacheLayer>,
-    coalesce: Option<CoalesceLayer>,
+    coalesce: Option<CoalesceLayer<K>>,
     retry: Option<RetryLayer>,
     circuit: Option<CircuitBreakerLayer>,
-    rate_limit: Option<RateLimitLayer>,
+    rate_limit: Option<RateLimitLayer<St>>,
     attempt_timeout: Option<Duration>,
 }
 
-impl fmt::Debug for OutboundStack {
+impl<St, K: Clone> Clone for OutboundStack<St, K> {
+    fn clone(&self) -> Self {
+        Self {
+            cache: self.cache.clone(),
+            coalesce: self.coalesce.clone(),
+            retry: self.retry.clone(),
+            circuit: self.circuit.clone(),
+            rate_limit: self.rate_limit.clone(),
+            attempt_timeout: self.attempt_timeout,
+        }
+    }
+}
+
+impl<St, K> fmt::Debug for OutboundStack<St, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OutboundStack")
             .field("cache", &self.cache.is_some())
@@ -168,7 +187,9 @@ impl OutboundStack {
             ..Self::standard(name)
         }
     }
+}
 
+impl<St, K> OutboundStack<St, K> {
     /// Sets the cache stage.
     pub fn cache(mut self, layer: CacheLayer) -> Self {
         self.cache = Some(layer);
@@ -181,10 +202,16 @@ impl OutboundStack {
         self
     }
 
-    /// Sets the coalescing stage.
-    pub fn coalesce(mut self, layer: CoalesceLayer) -> Self {
-        self.coalesce = Some(layer);
-        self
+    /// Sets the coalescing stage (any key: [`CoalesceLayer::key`], [`CoalesceLayer::key_fn`]).
+    pub fn coalesce<K2>(self, layer: CoalesceLayer<K2>) -> OutboundStack<St, K2> {
+        OutboundStack {
+            cache: self.cache,
+            coalesce: Some(layer),
+            retry: self.retry,
+            circuit: self.circuit,
+            rate_limit: self.rate_limit,
+            attempt_timeout: self.attempt_timeout,
+        }
     }
 
     /// Removes the coalescing stage.
@@ -217,10 +244,17 @@ impl OutboundStack {
         self
     }
 
-    /// Sets the rate-limit stage (use [`RateLimitLayer::wait`] to shape outbound traffic).
-    pub fn rate_limit(mut self, layer: RateLimitLayer) -> Self {
-        self.rate_limit = Some(layer);
-        self
+    /// Sets the rate-limit stage (use [`RateLimitLayer::wait`] to shape outbound traffic), over
+    /// any store.
+    pub fn rate_limit<St2>(self, layer: RateLimitLayer<St2>) -> OutboundStack<St2, K> {
+        OutboundStack {
+            cache: self.cache,
+            coalesce: self.coalesce,
+            retry: self.retry,
+            circuit: self.circuit,
+            rate_limit: Some(layer),
+            attempt_timeout: self.attempt_timeout,
+        }
     }
 
     /// Removes the rate-limit stage.
@@ -247,7 +281,7 @@ impl OutboundStack {
     }
 
     /// The coalescing stage, for its stats.
-    pub fn coalesce_layer(&self) -> Option<&CoalesceLayer> {
+    pub fn coalesce_layer(&self) -> Option<&CoalesceLayer<K>> {
         self.coalesce.as_ref()
     }
 
@@ -262,12 +296,15 @@ impl OutboundStack {
     }
 
     /// The rate-limit stage, for its stats.
-    pub fn rate_limit_layer(&self) -> Option<&RateLimitLayer> {
+    pub fn rate_limit_layer(&self) -> Option<&RateLimitLayer<St>> {
         self.rate_limit.as_ref()
     }
 
     /// One line of statistics per enabled stage, for logs and the demo.
-    pub fn stats_lines(&self) -> Vec<String> {
+    pub fn stats_lines(&self) -> Vec<String>
+    where
+        St: Store,
+    {
         let mut lines = Vec::new();
         if let Some(c) = &self.cache {
             lines.push(format!("cache:     {:?}", c.handle().stats()));
@@ -312,65 +349,91 @@ fn map_retry(err: RetryError<BoxError>) -> Error {
     }
 }
 
-impl<S, RB> Layer<S> for OutboundStack
+impl<S, RB, St, K> Layer<S> for OutboundStack<St, K>
 where
     S: Service<Request<Body>, Response = Response<RB>> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     RB: HttpBody<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
+    St: Store,
+    K: KeyExtractor<Request<Body>> + Clone + Send + Sync + 'static,
+    K::Key: Send + Sync + 'static,
 {
     type Service = Outbound;
 
     fn layer(&self, inner: S) -> Outbound {
-        let mut svc: Boxed<Error> = BoxCloneSyncService::new(
-            inner
-                .map_response(|res: Response<RB>| res.map(boxed))
-                .map_err(|e: S::Error| Error::from_box(e.into())),
-        );
-        if let Some(timeout) = self.attempt_timeout {
-            svc = BoxCloneSyncService::new(
-                tower::timeout::Timeout::new(svc, timeout).map_err(Error::from_box),
-            );
-        }
-        if let Some(limit) = &self.rate_limit {
-            svc = BoxCloneSyncService::new(limit.layer(svc).map_result(|result| {
+        // No box between stages: a stage that is off is the `Right` side of an `Either`
+        // (service and body), and the whole stack is boxed once, at the edge. The client's
+        // body is boxed at the bottom (a `Body` already is one: no second box), which keeps
+        // every stage's body `Unpin`.
+        let svc = inner
+            .map_response(|res: Response<RB>| res.map(boxed))
+            .map_err(|e: S::Error| Error::from_box(e.into()));
+        let svc = match self.attempt_timeout {
+            Some(timeout) => {
+                Either::Left(tower::timeout::Timeout::new(svc, timeout).map_err(Error::from_box))
+            }
+            None => Either::Right(svc),
+        };
+        let svc = match &self.rate_limit {
+            Some(limit) => Either::Left(limit.layer(svc).map_result(|result| {
                 let res = result?;
                 if let Some(rejected) = res.extensions().get::<RateLimited>() {
                     return Err(Error::rate_limited(Some(rejected.retry_after)));
                 }
-                Ok(res.map(boxed))
-            }));
-        }
-        if let Some(circuit) = &self.circuit {
-            svc = BoxCloneSyncService::new(
+                Ok(res.map(EitherBody::Left))
+            })),
+            None => {
+                Either::Right(svc.map_response(|res: Response<Body>| res.map(EitherBody::Right)))
+            }
+        };
+        let svc = match &self.circuit {
+            Some(circuit) => Either::Left(
                 circuit
                     .layer(svc)
-                    .map_response(|res| res.map(boxed))
+                    .map_response(|res| res.map(EitherBody::Left))
                     .map_err(map_circuit),
-            );
-        }
-        if let Some(retry) = &self.retry {
+            ),
+            None => Either::Right(svc.map_response(|res| res.map(EitherBody::Right))),
+        };
+        let svc = match &self.retry {
             // The retry layer classifies errors by walking their source chain (timeouts, connect
             // errors), which it can do through a box but not through our concrete `Error`.
-            let inner = svc
-                .map_request(|req: Request<RetryBody<Body>>| req.map(boxed))
-                .map_err(|e: Error| -> BoxError { Box::new(e) });
-            svc = BoxCloneSyncService::new(retry.layer(inner).map_err(map_retry));
-        }
-        if let Some(coalesce) = &self.coalesce {
-            svc = BoxCloneSyncService::new(coalesce.layer(svc).map_result(|result| {
+            Some(retry) => {
+                let inner = svc
+                    .map_request(|req: Request<RetryBody<Body>>| req.map(boxed))
+                    .map_err(|e: Error| -> BoxError { Box::new(e) });
+                Either::Left(
+                    retry
+                        .layer(inner)
+                        .map_response(|res| res.map(EitherBody::Left))
+                        .map_err(map_retry),
+                )
+            }
+            None => Either::Right(svc.map_response(|res| res.map(EitherBody::Right))),
+        };
+        let svc = match &self.coalesce {
+            Some(coalesce) => Either::Left(coalesce.layer(svc).map_result(|result| {
                 let res = result?;
                 if let Some(failure) = res.extensions().get::<CoalesceFailure>() {
                     return Err(Error::upstream_message(failure.message()));
                 }
-                Ok(res.map(boxed))
-            }));
+                Ok(res.map(EitherBody::Left))
+            })),
+            None => Either::Right(svc.map_response(|res| res.map(EitherBody::Right))),
+        };
+        let svc = match &self.cache {
+            Some(cache) => Either::Left(
+                cache
+                    .layer(svc)
+                    .map_response(|res| res.map(EitherBody::Left)),
+            ),
+            None => Either::Right(svc.map_response(|res| res.map(EitherBody::Right))),
+        };
+        StackService {
+            inner: BoxCloneSyncService::new(svc.map_response(|res| res.map(boxed))),
         }
-        if let Some(cache) = &self.cache {
-            svc = BoxCloneSyncService::new(cache.layer(svc).map_response(|res| res.map(boxed)));
-        }
-        StackService { inner: svc }
     }
 }
 
@@ -395,15 +458,29 @@ where
 /// // let app = axum::Router::new().route(...).layer(stack);
 /// # let _ = stack;
 /// ```
-#[derive(Clone)]
-pub struct InboundStack {
-    rate_limit: Option<RateLimitLayer>,
+///
+/// As with [`OutboundStack`], the rate-limit stage takes any [`Store`] (`St`) and the
+/// coalescing stage any key (`K`); the stages are composed without boxing and the built
+/// [`Inbound`] service boxes once, at its outer edge.
+pub struct InboundStack<St = InMemoryStore, K = DefaultKey> {
+    rate_limit: Option<RateLimitLayer<St>>,
     concurrency_limit: Option<usize>,
     cache: Option<CacheLayer>,
-    coalesce: Option<CoalesceLayer>,
+    coalesce: Option<CoalesceLayer<K>>,
 }
 
-impl fmt::Debug for InboundStack {
+impl<St, K: Clone> Clone for InboundStack<St, K> {
+    fn clone(&self) -> Self {
+        Self {
+            rate_limit: self.rate_limit.clone(),
+            concurrency_limit: self.concurrency_limit,
+            cache: self.cache.clone(),
+            coalesce: self.coalesce.clone(),
+        }
+    }
+}
+
+impl<St, K> fmt::Debug for InboundStack<St, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InboundStack")
             .field("rate_limit", &self.rate_limit.is_some())
@@ -454,11 +531,17 @@ impl InboundStack {
             coalesce: Some(CoalesceLayer::new()),
         }
     }
+}
 
-    /// Sets the rate-limit stage (reject mode is the inbound default).
-    pub fn rate_limit(mut self, layer: RateLimitLayer) -> Self {
-        self.rate_limit = Some(layer);
-        self
+impl<St, K> InboundStack<St, K> {
+    /// Sets the rate-limit stage (reject mode is the inbound default), over any store.
+    pub fn rate_limit<St2>(self, layer: RateLimitLayer<St2>) -> InboundStack<St2, K> {
+        InboundStack {
+            rate_limit: Some(layer),
+            concurrency_limit: self.concurrency_limit,
+            cache: self.cache,
+            coalesce: self.coalesce,
+        }
     }
 
     /// Removes the rate-limit stage.
@@ -491,10 +574,14 @@ impl InboundStack {
         self
     }
 
-    /// Sets the coalescing stage.
-    pub fn coalesce(mut self, layer: CoalesceLayer) -> Self {
-        self.coalesce = Some(layer);
-        self
+    /// Sets the coalescing stage (any key: [`CoalesceLayer::key`], [`CoalesceLayer::key_fn`]).
+    pub fn coalesce<K2>(self, layer: CoalesceLayer<K2>) -> InboundStack<St, K2> {
+        InboundStack {
+            rate_limit: self.rate_limit,
+            concurrency_limit: self.concurrency_limit,
+            cache: self.cache,
+            coalesce: Some(layer),
+        }
     }
 
     /// Removes the coalescing stage.
@@ -504,7 +591,7 @@ impl InboundStack {
     }
 
     /// The rate-limit stage, for its stats.
-    pub fn rate_limit_layer(&self) -> Option<&RateLimitLayer> {
+    pub fn rate_limit_layer(&self) -> Option<&RateLimitLayer<St>> {
         self.rate_limit.as_ref()
     }
 
@@ -514,15 +601,17 @@ impl InboundStack {
     }
 
     /// The coalescing stage, for its stats.
-    pub fn coalesce_layer(&self) -> Option<&CoalesceLayer> {
+    pub fn coalesce_layer(&self) -> Option<&CoalesceLayer<K>> {
         self.coalesce.as_ref()
     }
 }
 
-fn overloaded() -> Response<Body> {
-    let mut res = Response::new(boxed(http_body_util::Full::new(Bytes::from_static(
+type Full = http_body_util::Full<Bytes>;
+
+fn overloaded() -> Response<Full> {
+    let mut res = Response::new(Full::new(Bytes::from_static(
         b"overloaded, try again shortly\n",
-    ))));
+    )));
     *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     res.headers_mut().insert(
         http::header::RETRY_AFTER,
@@ -531,7 +620,7 @@ fn overloaded() -> Response<Body> {
     res
 }
 
-impl<S, RB> Layer<S> for InboundStack
+impl<S, RB, St, K> Layer<S> for InboundStack<St, K>
 where
     S: Service<Request<Body>, Response = Response<RB>, Error = Infallible>
         + Clone
@@ -541,29 +630,54 @@ where
     S::Future: Send + 'static,
     RB: HttpBody<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
+    St: Store,
+    K: KeyExtractor<Request<Body>> + Clone + Send + Sync + 'static,
+    K::Key: Send + Sync + 'static,
 {
     type Service = Inbound;
 
     fn layer(&self, inner: S) -> Inbound {
-        let mut svc: Boxed<Infallible> =
-            BoxCloneSyncService::new(inner.map_response(|res: Response<RB>| res.map(boxed)));
-        if let Some(coalesce) = &self.coalesce {
-            svc = BoxCloneSyncService::new(coalesce.layer(svc).map_response(|res| res.map(boxed)));
+        // No box between stages (see `OutboundStack`'s `layer`).
+        let svc = inner.map_response(|res: Response<RB>| res.map(boxed));
+        let svc = match &self.coalesce {
+            Some(coalesce) => Either::Left(
+                coalesce
+                    .layer(svc)
+                    .map_response(|res| res.map(EitherBody::Left)),
+            ),
+            None => {
+                Either::Right(svc.map_response(|res: Response<Body>| res.map(EitherBody::Right)))
+            }
+        };
+        let svc = match &self.cache {
+            Some(cache) => Either::Left(
+                cache
+                    .layer(svc)
+                    .map_response(|res| res.map(EitherBody::Left)),
+            ),
+            None => Either::Right(svc.map_response(|res| res.map(EitherBody::Right))),
+        };
+        let svc = match self.concurrency_limit {
+            Some(max) => {
+                let limited = tower::ServiceBuilder::new()
+                    .load_shed()
+                    .concurrency_limit(max)
+                    .service(svc);
+                Either::Left(ShedToResponse { inner: limited })
+            }
+            None => Either::Right(svc.map_response(|res| res.map(EitherBody::Left))),
+        };
+        let svc = match &self.rate_limit {
+            Some(limit) => Either::Left(
+                limit
+                    .layer(svc)
+                    .map_response(|res| res.map(EitherBody::Left)),
+            ),
+            None => Either::Right(svc.map_response(|res| res.map(EitherBody::Right))),
+        };
+        StackService {
+            inner: BoxCloneSyncService::new(svc.map_response(|res| res.map(boxed))),
         }
-        if let Some(cache) = &self.cache {
-            svc = BoxCloneSyncService::new(cache.layer(svc).map_response(|res| res.map(boxed)));
-        }
-        if let Some(max) = self.concurrency_limit {
-            let limited = tower::ServiceBuilder::new()
-                .load_shed()
-                .concurrency_limit(max)
-                .service(svc);
-            svc = BoxCloneSyncService::new(ShedToResponse { inner: limited });
-        }
-        if let Some(limit) = &self.rate_limit {
-            svc = BoxCloneSyncService::new(limit.layer(svc).map_response(|res| res.map(boxed)));
-        }
-        StackService { inner: svc }
     }
 }
 
@@ -574,15 +688,25 @@ struct ShedToResponse<S> {
     inner: S,
 }
 
-impl<S> Service<Request<Body>> for ShedToResponse<S>
+type ShedMap<RB> =
+    fn(Result<Response<RB>, BoxError>) -> Result<Response<EitherBody<RB, Full>>, Infallible>;
+
+fn shed_to_response<RB>(
+    result: Result<Response<RB>, BoxError>,
+) -> Result<Response<EitherBody<RB, Full>>, Infallible> {
+    Ok(match result {
+        Ok(res) => res.map(EitherBody::Left),
+        Err(_) => overloaded().map(EitherBody::Right),
+    })
+}
+
+impl<S, RB> Service<Request<Body>> for ShedToResponse<S>
 where
-    S: Service<Request<Body>, Response = Response<Body>, Error = BoxError>,
-    S::Future: Send + 'static,
+    S: Service<Request<Body>, Response = Response<RB>, Error = BoxError>,
 {
-    type Response = Response<Body>;
+    type Response = Response<EitherBody<RB, Full>>;
     type Error = Infallible;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<Response<Body>, Infallible>> + Send>>;
+    type Future = futures_util::future::Map<S::Future, ShedMap<RB>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         // `LoadShed` is always ready (it sheds in `call` instead); an inner readiness error
@@ -595,9 +719,7 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let fut = self.inner.call(req);
-        Box::pin(futures_util::FutureExt::map(fut, |result| {
-            Ok(result.unwrap_or_else(|_| overloaded()))
-        }))
+        futures_util::FutureExt::map(fut, shed_to_response::<RB> as ShedMap<RB>)
     }
 }
 

@@ -99,11 +99,12 @@ pub(crate) fn encode(
         out.put_u64(millis(e.freshness.lifetime));
         match &e.vary {
             VaryKey::Star => out.put_u8(0),
-            VaryKey::Fields(fields) => {
+            VaryKey::Fields(fields, forwarding) => {
                 if fields.len() > MAX_FIELDS {
                     return None;
                 }
-                out.put_u8(1);
+                // 1: plain fields; 2: the forwarding headers are keyed too (shared mode).
+                out.put_u8(if *forwarding { 2 } else { 1 });
                 out.put_u16(u16::try_from(fields.len()).ok()?);
                 for (name, value) in fields {
                     put_str16(&mut out, name.as_str().as_bytes())?;
@@ -221,7 +222,7 @@ pub(crate) fn decode(
         let lifetime = r.u64()?;
         let vary = match r.u8()? {
             0 => VaryKey::Star,
-            1 => {
+            tag @ (1 | 2) => {
                 let n = usize::from(r.u16()?);
                 if n > MAX_FIELDS {
                     return None;
@@ -236,7 +237,7 @@ pub(crate) fn decode(
                     };
                     fields.push((name, value));
                 }
-                VaryKey::Fields(fields)
+                VaryKey::Fields(fields, tag == 2)
             }
             _ => return None,
         };

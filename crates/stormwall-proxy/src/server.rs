@@ -25,6 +25,9 @@ use tower::ServiceExt;
 use crate::config::Loaded;
 use crate::forward::{self, ClientProto, ProxyService, Target};
 
+/// How often the metrics exporter folds histogram samples into its summaries.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
 /// How long a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,6 +43,18 @@ pub(crate) async fn run(mut loaded: Loaded, metrics: PrometheusHandle) -> Result
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    // The exporter keeps histogram samples until they are folded into its summaries: without
+    // this upkeep (or a scrape) every request's duration sample would stay in memory.
+    let upkeep = {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(METRICS_UPKEEP);
+            loop {
+                tick.tick().await;
+                metrics.run_upkeep();
+            }
+        })
+    };
     let admin = match config.admin {
         Some(addr) => {
             let admin = crate::admin::bind(addr)
@@ -137,6 +152,7 @@ pub(crate) async fn run(mut loaded: Loaded, metrics: PrometheusHandle) -> Result
     if let Some(admin) = admin {
         admin.abort();
     }
+    upkeep.abort();
     match drained {
         Ok(()) => tracing::info!("all connections closed"),
         Err(_) => tracing::warn!(

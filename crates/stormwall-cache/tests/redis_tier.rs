@@ -492,6 +492,27 @@ async fn too_large_values_stay_local() {
 
 // Redis killed: requests still succeed from the origin, errors are counted, nothing hangs
 // (every call has a hang guard). Restarted on the same port: sharing resumes.
+/// Whether, within `tries` rounds 100 ms apart, a fresh URL stored by `a` is a hit on `b`
+/// (sharing works again after a fault).
+async fn sharing_resumes(
+    a: &Instance,
+    b: &Instance,
+    server: &TestServer,
+    path: &str,
+    tries: u32,
+) -> bool {
+    for i in 0..tries {
+        let url = server.url(&format!("/{path}{i}"));
+        get(a, &url, &[]).await;
+        a.tier.flush().await;
+        if get(b, &url, &[]).await.is_hit() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn redis_down_then_back() {
     let mut redis = RedisServer::start();
@@ -544,18 +565,11 @@ async fn redis_down_then_back() {
 
     let _redis = RedisServer::start_on(port);
     // Sharing resumes once the connection is back and the short circuit closes: poll.
-    let mut resumed = false;
-    for i in 0..150 {
-        let url = server.url(&format!("/up{i}"));
-        get(&a, &url, &[]).await;
-        a.tier.flush().await;
-        if get(&b, &url, &[]).await.is_hit() {
-            resumed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(resumed, "sharing did not resume: {:?}", a.tier.stats());
+    assert!(
+        sharing_resumes(&a, &b, &server, "up", 150).await,
+        "sharing did not resume: {:?}",
+        a.tier.stats()
+    );
 }
 
 /// An origin whose `/etag` answers `304` to a matching `If-None-Match`, and `/swr` allows
@@ -706,16 +720,9 @@ async fn frozen_redis_times_out_into_misses() {
     assert_eq!(frozen.skipped, 0, "circuit disabled");
 
     redis.signal("CONT");
-    let mut resumed = false;
-    for i in 0..100 {
-        let url = server.url(&format!("/thawed{i}"));
-        get(&a, &url, &[]).await;
-        a.tier.flush().await;
-        if get(&b, &url, &[]).await.is_hit() {
-            resumed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(resumed, "sharing did not resume: {:?}", b.tier.stats());
+    assert!(
+        sharing_resumes(&a, &b, &server, "thawed", 100).await,
+        "sharing did not resume: {:?}",
+        b.tier.stats()
+    );
 }

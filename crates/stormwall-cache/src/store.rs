@@ -128,6 +128,7 @@ impl Entry {
     }
 
     /// An entry from facts computed elsewhere (an entry read back from a shared tier).
+    #[cfg(feature = "redis")]
     pub(crate) fn from_parts(
         response: SharedResponse,
         vary: VaryKey,

@@ -53,6 +53,43 @@ impl GcraCell {
         }
     }
 
+    /// Spends `cost` units at `now` if GCRA admits them; the decision without its figures
+    /// (admitted exactly when [`decide`](Self::decide) with `commit` would admit), for callers
+    /// that need no remaining/reset, e.g. a layer that writes no headers.
+    #[inline]
+    pub(crate) fn admit(&self, q: &Quota, now: u64, cost: u64) -> bool {
+        if cost > q.burst() {
+            return false;
+        }
+        let t = q.interval_nanos();
+        let limit_at = now.saturating_add(q.burst() * t);
+        let step = cost * t;
+        let mut cur = self.0.load(Ordering::Acquire);
+        loop {
+            let new = cur.max(now).saturating_add(step);
+            if new > limit_at {
+                return false;
+            }
+            match self
+                .0
+                .compare_exchange_weak(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Forgets the state (a full bucket again).
+    pub(crate) fn clear(&self) {
+        self.0.store(0, Ordering::Release);
+    }
+
+    /// A cell holding `tat`.
+    pub(crate) fn with_tat(tat: u64) -> Self {
+        Self(AtomicU64::new(tat))
+    }
+
     /// Gives back `cost` units (the undo of a multi-limit check that another limit rejected).
     pub(crate) fn refund(&self, q: &Quota, cost: u64) {
         let mut cur = self.0.load(Ordering::Acquire);

@@ -1,7 +1,8 @@
 //! [`RateLimitLayer`]: configuration and the tower `Layer`.
 
+use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,9 +10,10 @@ use http::Response;
 use tower_layer::Layer;
 
 use crate::adaptive::Adaptive;
+use crate::algorithm::Algorithm;
 use crate::clock::Clock;
 use crate::limit::Limit;
-use crate::memory::InMemoryStore;
+use crate::memory::{InMemoryStore, PinnedCell};
 use crate::response::{HeaderOptions, RejectFn, Rejection};
 use crate::service::RateLimit;
 use crate::stats::{Counters, RateLimitStats};
@@ -68,6 +70,27 @@ pub(crate) struct Shared<St> {
     pub(crate) clock: Clock,
     /// Whether any limit's key or quota depends on the request.
     pub(crate) needs_request: bool,
+    /// Whether the layer is one global GCRA limit on an [`InMemoryStore`] without
+    /// adaptation: it then decides on the key's cell directly ([`Shared::pinned`]).
+    pub(crate) fast_global: bool,
+    /// That cell, fetched from the store on first use.
+    pub(crate) pinned: OnceLock<Arc<PinnedCell>>,
+}
+
+impl<St: 'static> Shared<St> {
+    /// Recomputes [`fast_global`](Self::fast_global) after a configuration change.
+    fn refresh(&mut self) {
+        self.fast_global = self.adaptive.is_none()
+            && (&*self.store as &dyn Any).is::<InMemoryStore>()
+            && matches!(&self.limits[..], [l] if l.is_plain_global() && l.algorithm == Algorithm::Gcra);
+        self.pinned = OnceLock::new();
+    }
+
+    /// The in-memory store, when the layer has the fast global path.
+    #[inline]
+    pub(crate) fn memory_store(&self) -> Option<&InMemoryStore> {
+        (&*self.store as &dyn Any).downcast_ref::<InMemoryStore>()
+    }
 }
 
 impl<St> Shared<St> {
@@ -93,6 +116,8 @@ impl<St> Clone for Shared<St> {
             counters: self.counters.clone(),
             clock: self.clock.clone(),
             needs_request: self.needs_request,
+            fast_global: self.fast_global,
+            pinned: self.pinned.clone(),
         }
     }
 }
@@ -158,12 +183,17 @@ impl<St: Store> RateLimitLayer<St> {
                 counters: Arc::new(Counters::default()),
                 clock: Clock::tokio(),
                 needs_request,
+                fast_global: false,
+                pinned: OnceLock::new(),
             }),
         }
+        .edit(|_| {})
     }
 
     fn edit(mut self, f: impl FnOnce(&mut Shared<St>)) -> Self {
-        f(Arc::make_mut(&mut self.shared));
+        let shared = Arc::make_mut(&mut self.shared);
+        f(shared);
+        shared.refresh();
         self
     }
 

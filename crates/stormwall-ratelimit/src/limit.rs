@@ -163,6 +163,11 @@ impl Limit {
         self.fixed_key.is_none() || self.tiers.is_some()
     }
 
+    /// Whether the key is the global key and the quota is not tiered.
+    pub(crate) fn is_plain_global(&self) -> bool {
+        self.tiers.is_none() && self.fixed_key == Some(LimitKey::global())
+    }
+
     /// The key and quota of a limit that does not look at the request.
     pub(crate) fn fixed(&self) -> Option<(LimitKey, Quota)> {
         match (&self.fixed_key, &self.tiers) {

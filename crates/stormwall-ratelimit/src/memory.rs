@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::{Ready, ready};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -87,9 +87,37 @@ struct Inner {
 
 enum Slot {
     Tat(GcraCell),
+    /// A GCRA cell that a layer also holds directly (a global limit's single key: the layer
+    /// decides on it without a map look-up). Never swept; a reset clears it in place.
+    Pinned(Arc<PinnedCell>),
     Log(Box<Mutex<(SlidingLog, Quota)>>),
     Counter(Box<Mutex<(SlidingCounter, Quota)>>),
     Fixed(Box<Mutex<(FixedWindow, Quota)>>),
+}
+
+/// A GCRA cell shared by the map and a layer ([`InMemoryStore::pin_global`]).
+#[derive(Debug)]
+pub(crate) struct PinnedCell {
+    pub(crate) cell: GcraCell,
+    /// Cleared when the map stops using this cell (the limit changed algorithm through the
+    /// store API): the layer then goes back to the map.
+    live: AtomicBool,
+}
+
+impl PinnedCell {
+    /// Whether the map still uses this cell.
+    #[inline]
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Self::Pinned(p) = self {
+            p.live.store(false, Ordering::Release);
+        }
+    }
 }
 
 impl Slot {
@@ -111,8 +139,10 @@ impl Slot {
     fn matches(&self, algorithm: Algorithm) -> bool {
         matches!(
             (self, algorithm),
-            (Self::Tat(_), Algorithm::Gcra | Algorithm::LeakyBucket)
-                | (Self::Log(_), Algorithm::SlidingLog)
+            (
+                Self::Tat(_) | Self::Pinned(_),
+                Algorithm::Gcra | Algorithm::LeakyBucket
+            ) | (Self::Log(_), Algorithm::SlidingLog)
                 | (Self::Counter(_), Algorithm::SlidingCounter)
                 | (Self::Fixed(_), Algorithm::FixedWindow)
         )
@@ -121,6 +151,8 @@ impl Slot {
     fn is_idle(&self, now: u64) -> bool {
         match self {
             Self::Tat(tat) => Gcra::is_idle(tat.tat(), now),
+            // A layer holds it: keep it (one per global limit, so bounded).
+            Self::Pinned(_) => false,
             Self::Log(m) => {
                 let g = m.lock();
                 g.0.is_idle(&g.1, now)
@@ -143,6 +175,10 @@ impl Slot {
             Self::Tat(tat) => {
                 let leaky = c.algorithm == Algorithm::LeakyBucket;
                 (tat.decide(q, now, c.cost, commit, leaky), now)
+            }
+            Self::Pinned(p) => {
+                let leaky = c.algorithm == Algorithm::LeakyBucket;
+                (p.cell.decide(q, now, c.cost, commit, leaky), now)
             }
             Self::Log(m) => {
                 let mut g = m.lock();
@@ -168,6 +204,7 @@ impl Slot {
         let q = &c.quota;
         match self {
             Self::Tat(tat) => tat.refund(q, c.cost),
+            Self::Pinned(p) => p.cell.refund(q, c.cost),
             Self::Log(m) => m.lock().0.refund(at, c.cost),
             Self::Counter(m) => m.lock().0.refund(q, at, c.cost),
             Self::Fixed(m) => m.lock().0.refund(q, at, c.cost),
@@ -180,6 +217,7 @@ impl Slot {
             Self::Counter(_) => size_of::<Mutex<(SlidingCounter, Quota)>>(),
             Self::Fixed(_) => size_of::<Mutex<(FixedWindow, Quota)>>(),
             Self::Tat(_) => 0,
+            Self::Pinned(_) => size_of::<PinnedCell>() + 2 * size_of::<usize>(),
         }
     }
 }
@@ -277,7 +315,7 @@ impl InMemoryStore {
         (size_of::<((u32, LimitKey), Slot)>() + 1) * 8 / 7
     }
 
-    fn nanos(&self, now: Instant) -> u64 {
+    pub(crate) fn nanos(&self, now: Instant) -> u64 {
         // +1 so that a fresh state (0) is always "in the past".
         u64::try_from(now.saturating_duration_since(self.inner.epoch).as_nanos())
             .unwrap_or(u64::MAX / 2)
@@ -468,8 +506,62 @@ impl InMemoryStore {
 
     /// Synchronous [`Store::reset`].
     pub fn reset_now(&self, limit: &LimitId, key: &LimitKey) {
-        if self.inner.map.remove(&(limit.id(), key.clone())).is_some() {
+        let id = (limit.id(), key.clone());
+        // A pinned cell (a layer holds it) is cleared in place; any other slot is removed.
+        let removed = self
+            .inner
+            .map
+            .remove_if(&id, |_, slot| !matches!(slot, Slot::Pinned(_)));
+        if removed.is_some() {
             self.inner.len.fetch_sub(1, Ordering::Relaxed);
+        } else if let Some(slot) = self.inner.map.get(&id)
+            && let Slot::Pinned(p) = &*slot
+        {
+            p.cell.clear();
+        }
+    }
+
+    /// The GCRA cell of `limit`'s global key, shared with the map, so that a layer with a
+    /// single global GCRA limit decides without a map look-up. Converts an existing GCRA slot
+    /// (keeping its state) or creates one; `None` if the key holds another algorithm's state
+    /// or the store is full (the caller then goes through [`check_now`](Self::check_now),
+    /// which applies the capacity policy).
+    pub(crate) fn pin_global(&self, limit: &LimitId) -> Option<Arc<PinnedCell>> {
+        let inner = &*self.inner;
+        let id = (limit.id(), LimitKey::global());
+        let pinned = |tat: u64| {
+            Arc::new(PinnedCell {
+                cell: GcraCell::with_tat(tat),
+                live: AtomicBool::new(true),
+            })
+        };
+        if let Some(mut slot) = inner.map.get_mut(&id) {
+            return match &*slot {
+                Slot::Pinned(p) => Some(p.clone()),
+                // The write guard excludes every decision on this slot: the state moves over
+                // intact.
+                Slot::Tat(cell) => {
+                    let p = pinned(cell.tat());
+                    *slot = Slot::Pinned(p.clone());
+                    Some(p)
+                }
+                _ => None,
+            };
+        }
+        if inner.len.load(Ordering::Relaxed) >= inner.max_keys {
+            return None;
+        }
+        let mut inserted = false;
+        let entry = inner.map.entry(id).or_insert_with(|| {
+            inserted = true;
+            Slot::Pinned(pinned(0))
+        });
+        if inserted {
+            inner.len.fetch_add(1, Ordering::Relaxed);
+        }
+        match &*entry {
+            Slot::Pinned(p) => Some(p.clone()),
+            _ => None,
         }
     }
 }
@@ -508,6 +600,79 @@ mod tests {
             quota: q,
             algorithm: a,
             cost: 1,
+        }
+    }
+
+    /// A layer's pinned global cell and the map are one state: spends through either are
+    /// seen by the other, a reset clears it in place, sweeps keep it, and replacing the
+    /// algorithm detaches it (the layer then goes back to the map).
+    #[tokio::test(start_paused = true)]
+    async fn pinned_global_cell_is_the_maps_state() {
+        let store = InMemoryStore::new();
+        let (id, g) = (LimitId::new("g"), LimitKey::global());
+        let q = Quota::per_second(3).unwrap();
+        let c = check(&id, &g, q, Algorithm::Gcra);
+        let now = Instant::now();
+        // A spend before pinning moves over with the state.
+        assert!(
+            store
+                .check_now(now, &[c], CheckMode::Acquire)
+                .unwrap()
+                .allowed
+        );
+        let p = store.pin_global(&id).expect("pinned");
+        assert!(p.is_live());
+        assert_eq!(store.len(), 1);
+        let n = store.nanos(now);
+        assert!(p.cell.admit(&q, n, 1));
+        // One unit left, seen through the map.
+        let d = store.check_now(now, &[c], CheckMode::Peek).unwrap();
+        assert_eq!(d.remaining, 0);
+        assert!(d.allowed);
+        assert!(
+            store
+                .check_now(now, &[c], CheckMode::Acquire)
+                .unwrap()
+                .allowed
+        );
+        assert!(!p.cell.admit(&q, n, 1));
+        // Pinning again gives the same cell.
+        assert!(Arc::ptr_eq(&p, &store.pin_global(&id).unwrap()));
+        // Sweeps keep it even when idle.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(store.sweep(Instant::now()), 0);
+        assert_eq!(store.len(), 1);
+        // A reset clears it in place: a full bucket, same cell.
+        let now = Instant::now();
+        assert!(p.cell.admit(&q, store.nanos(now), 3));
+        store.reset_now(&id, &g);
+        assert!(p.is_live());
+        assert!(p.cell.admit(&q, store.nanos(now), 3));
+        // Another algorithm for the same key replaces the slot and detaches the cell.
+        let w = check(&id, &g, q, Algorithm::FixedWindow);
+        assert!(
+            store
+                .check_now(now, &[w], CheckMode::Acquire)
+                .unwrap()
+                .allowed
+        );
+        assert!(!p.is_live());
+        assert!(store.pin_global(&id).is_none());
+    }
+
+    /// `admit` admits exactly when `decide` would, and spends the same.
+    #[test]
+    fn admit_agrees_with_decide() {
+        let q = Quota::per_second(4).unwrap().with_burst(3).unwrap();
+        let (a, b) = (GcraCell::new(), GcraCell::new());
+        let mut now = 1;
+        for i in 0..200u64 {
+            let cost = i % 5;
+            now += (i * 7_919_993) % 400_000_000;
+            let da = a.admit(&q, now, cost);
+            let db = b.decide(&q, now, cost, true, false).allowed;
+            assert_eq!(da, db, "step {i}");
+            assert_eq!(a.tat(), b.tat(), "step {i}");
         }
     }
 

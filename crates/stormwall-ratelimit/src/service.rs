@@ -14,7 +14,7 @@ use crate::algorithm::Decision;
 use crate::future::{Deco, ResponseFuture, count_admitted};
 use crate::layer::{Mode, RateLimitLayer, Shared};
 use crate::limit::{Cost, Limit, Priority};
-use crate::memory::InMemoryStore;
+use crate::memory::{InMemoryStore, PinnedCell};
 use crate::quota::Quota;
 use crate::response::RejectReason;
 use crate::stats::RateLimitStats;
@@ -195,6 +195,19 @@ fn sync_check<St: Store>(
     }
 }
 
+/// The global limit's cell (fetched from the store once), while the store still uses it.
+#[inline]
+fn pinned_cell<'a, St>(shared: &'a Shared<St>, store: &InMemoryStore) -> Option<&'a PinnedCell> {
+    let p = match shared.pinned.get() {
+        Some(p) => p,
+        None => {
+            let p = store.pin_global(&shared.limits[0].id)?;
+            shared.pinned.get_or_init(|| p)
+        }
+    };
+    p.is_live().then_some(&**p)
+}
+
 impl<S, St, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, St>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
@@ -210,6 +223,31 @@ where
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let shared = &self.shared;
+        // Fastest path: one global GCRA limit in memory, decided on its cell directly (no
+        // key, no map look-up). Only admissions end here: a rejection goes the general way
+        // below, which decides again (a rejected decision spent nothing).
+        if shared.fast_global
+            && let Some(store) = shared.memory_store()
+            && !(matches!(shared.mode, Mode::Wait { .. }) && shared.queue.len() > 0)
+            && let Some(cell) = pinned_cell(shared, store)
+        {
+            let quota = shared.limits[0].quota();
+            let cost = req.extensions().get::<Cost>().map_or(1, |c| c.0);
+            let now = store.nanos(shared.clock.now());
+            if !shared.decorates() {
+                if cell.cell.admit(&quota, now, cost) {
+                    count_admitted(shared);
+                    return ResponseFuture::fast(self.inner.call(req), None);
+                }
+            } else {
+                let d = cell.cell.decide(&quota, now, cost, true, false);
+                if d.allowed {
+                    count_admitted(shared);
+                    let deco = Some(Deco::new(shared.clone(), &d));
+                    return ResponseFuture::fast(self.inner.call(req), deco);
+                }
+            }
+        }
         let prepared = if shared.needs_request {
             // The core's key extractors look at a `Request<()>`: lend them the head.
             let (parts, body) = req.into_parts();

@@ -81,7 +81,57 @@ impl Ticker {
     }
 }
 
+/// Nanoseconds since a fixed epoch (an [`InMemoryStore`](crate::InMemoryStore)'s), read
+/// without building an [`Instant`] on the TSC clock: equal to
+/// `nanos_between(epoch, clock.now())`.
+#[derive(Debug, Clone)]
+pub(crate) enum EpochTicker {
+    Tokio(Instant),
+    Tsc {
+        clock: quanta::Clock,
+        base_raw: u64,
+        /// The clock's base minus the epoch, split by sign.
+        ahead: u64,
+        behind: u64,
+    },
+}
+
+impl EpochTicker {
+    #[inline]
+    pub(crate) fn nanos(&self) -> u64 {
+        match self {
+            Self::Tokio(epoch) => nanos_between(*epoch, Instant::now()),
+            Self::Tsc {
+                clock,
+                base_raw,
+                ahead,
+                behind,
+            } => clock
+                .delta_as_nanos(*base_raw, clock.raw())
+                .saturating_add(*ahead)
+                .saturating_sub(*behind)
+                .saturating_add(1),
+        }
+    }
+}
+
 impl Clock {
+    /// A ticker counting nanoseconds since `epoch` on this clock (see [`EpochTicker`]).
+    pub(crate) fn since(&self, epoch: Instant) -> EpochTicker {
+        match &self.0 {
+            Repr::Tokio => EpochTicker::Tokio(epoch),
+            Repr::Tsc(t) => {
+                let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2);
+                EpochTicker::Tsc {
+                    clock: t.clock.clone(),
+                    base_raw: t.base_raw,
+                    ahead: nanos(t.base.saturating_duration_since(epoch)),
+                    behind: nanos(epoch.saturating_duration_since(t.base)),
+                }
+            }
+        }
+    }
+
     /// tokio's clock (the default): follows `tokio::time::pause`/`advance`.
     pub const fn tokio() -> Self {
         Self(Repr::Tokio)
@@ -147,6 +197,32 @@ mod tests {
         assert!(t2.nanos() >= 1 && t2.nanos() < 1_800_000_000_000);
         assert!(tsc.now() >= tsc_start);
         assert!(tsc.now() < start + Duration::from_secs(1800));
+    }
+
+    /// The epoch ticker counts what `nanos_between(epoch, clock.now())` counts, for an epoch
+    /// before or after the TSC clock's anchor, and on tokio's clock.
+    #[test]
+    fn epoch_ticker_matches_the_clock() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let early = Instant::now();
+            let tsc = Clock::tsc();
+            let late = Instant::now() + Duration::from_millis(1);
+            for epoch in [early, late] {
+                let ticker = tsc.since(epoch);
+                let a = nanos_between(epoch, tsc.now());
+                let b = ticker.nanos();
+                let c = nanos_between(epoch, tsc.now());
+                assert!(a <= b && b <= c, "{a} {b} {c}");
+            }
+            let tokio = Clock::tokio().since(early);
+            let a = nanos_between(early, Instant::now());
+            let b = tokio.nanos();
+            assert!(a <= b && b <= nanos_between(early, Instant::now()));
+        });
     }
 
     #[test]

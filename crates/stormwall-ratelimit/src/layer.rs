@@ -11,7 +11,7 @@ use tower_layer::Layer;
 
 use crate::adaptive::Adaptive;
 use crate::algorithm::Algorithm;
-use crate::clock::Clock;
+use crate::clock::{Clock, EpochTicker};
 use crate::limit::Limit;
 use crate::memory::{InMemoryStore, PinnedCell};
 use crate::response::{HeaderOptions, RejectFn, Rejection};
@@ -73,8 +73,9 @@ pub(crate) struct Shared<St> {
     /// Whether the layer is one global GCRA limit on an [`InMemoryStore`] without
     /// adaptation: it then decides on the key's cell directly ([`Shared::pinned`]).
     pub(crate) fast_global: bool,
-    /// That cell, fetched from the store on first use.
-    pub(crate) pinned: OnceLock<Arc<PinnedCell>>,
+    /// That cell, fetched from the store on first use, and the clock counting from the
+    /// store's epoch.
+    pub(crate) pinned: OnceLock<(Arc<PinnedCell>, EpochTicker)>,
 }
 
 impl<St: 'static> Shared<St> {

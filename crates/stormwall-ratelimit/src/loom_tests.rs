@@ -44,6 +44,31 @@ fn loom_gcra_three_deciders_never_exceed_burst() {
     });
 }
 
+/// The layer's admit-only path (`admit`) racing the store's `decide` on one cell (a pinned
+/// global cell is used by both): exactly the burst is admitted, none lost, none counted twice.
+#[test]
+fn loom_gcra_admit_and_decide_share_the_burst() {
+    loom::model(|| {
+        let cell = Arc::new(GcraCell::new());
+        let q = quota(2);
+        let a = {
+            let cell = cell.clone();
+            thread::spawn(move || cell.admit(&q, NOW, 1))
+        };
+        let b = {
+            let cell = cell.clone();
+            thread::spawn(move || cell.decide(&q, NOW, 1, true, false).allowed)
+        };
+        let c = cell.admit(&q, NOW, 1);
+        let admitted = [a.join().unwrap(), b.join().unwrap(), c]
+            .into_iter()
+            .filter(|&x| x)
+            .count();
+        assert_eq!(admitted, 2);
+        assert_eq!(cell.tat(), NOW + 2 * T);
+    });
+}
+
 /// Two threads with different costs: the admitted costs always sum to the cell's advance
 /// (no lost update), and never above the burst.
 #[test]

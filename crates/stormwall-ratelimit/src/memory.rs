@@ -315,6 +315,11 @@ impl InMemoryStore {
         (size_of::<((u32, LimitKey), Slot)>() + 1) * 8 / 7
     }
 
+    /// The instant the store counts time from.
+    pub(crate) fn epoch(&self) -> Instant {
+        self.inner.epoch
+    }
+
     pub(crate) fn nanos(&self, now: Instant) -> u64 {
         // +1 so that a fresh state (0) is always "in the past".
         u64::try_from(now.saturating_duration_since(self.inner.epoch).as_nanos())

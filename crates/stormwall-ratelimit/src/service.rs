@@ -11,6 +11,7 @@ use stormwall_core::time::Instant;
 use tower_service::Service;
 
 use crate::algorithm::Decision;
+use crate::clock::EpochTicker;
 use crate::future::{Deco, ResponseFuture, count_admitted};
 use crate::layer::{Mode, RateLimitLayer, Shared};
 use crate::limit::{Cost, Limit, Priority};
@@ -195,17 +196,22 @@ fn sync_check<St: Store>(
     }
 }
 
-/// The global limit's cell (fetched from the store once), while the store still uses it.
+/// The global limit's cell (fetched from the store once) while the store still uses it, and
+/// the clock in the store's time.
 #[inline]
-fn pinned_cell<'a, St>(shared: &'a Shared<St>, store: &InMemoryStore) -> Option<&'a PinnedCell> {
-    let p = match shared.pinned.get() {
+fn pinned_cell<'a, St>(
+    shared: &'a Shared<St>,
+    store: &InMemoryStore,
+) -> Option<(&'a PinnedCell, &'a EpochTicker)> {
+    let (p, ticker) = match shared.pinned.get() {
         Some(p) => p,
         None => {
             let p = store.pin_global(&shared.limits[0].id)?;
-            shared.pinned.get_or_init(|| p)
+            let ticker = shared.clock.since(store.epoch());
+            shared.pinned.get_or_init(|| (p, ticker))
         }
     };
-    p.is_live().then_some(&**p)
+    p.is_live().then_some((&**p, ticker))
 }
 
 impl<S, St, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S, St>
@@ -229,11 +235,11 @@ where
         if shared.fast_global
             && let Some(store) = shared.memory_store()
             && !(matches!(shared.mode, Mode::Wait { .. }) && shared.queue.len() > 0)
-            && let Some(cell) = pinned_cell(shared, store)
+            && let Some((cell, ticker)) = pinned_cell(shared, store)
         {
             let quota = shared.limits[0].quota();
             let cost = req.extensions().get::<Cost>().map_or(1, |c| c.0);
-            let now = store.nanos(shared.clock.now());
+            let now = ticker.nanos();
             if !shared.decorates() {
                 if cell.cell.admit(&quota, now, cost) {
                     count_admitted(shared);

@@ -55,15 +55,25 @@ impl Target {
     /// The upstream URI for a request's path and query.
     pub(crate) fn rewrite(&self, uri: &Uri) -> Result<Uri, http::Error> {
         let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let pq = if pq.starts_with('/') {
-            format!("{}{pq}", self.prefix)
+        let path_and_query = if self.prefix.is_empty() && pq.starts_with('/') {
+            // The common case: no prefix, reuse the parsed path and query as is.
+            match uri.path_and_query() {
+                Some(pq) => pq.clone(),
+                None => PathAndQuery::from_static("/"),
+            }
         } else {
-            format!("{}/{pq}", self.prefix)
+            let mut joined = String::with_capacity(self.prefix.len() + pq.len() + 1);
+            joined.push_str(&self.prefix);
+            if !pq.starts_with('/') {
+                joined.push('/');
+            }
+            joined.push_str(pq);
+            PathAndQuery::try_from(joined)?
         };
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
-            .path_and_query(pq)
+            .path_and_query(path_and_query)
             .build()
     }
 
@@ -82,6 +92,11 @@ impl Target {
 /// Removes hop-by-hop headers: `Connection` and the headers it names, `Keep-Alive`,
 /// `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Fast path (almost every request and response): one pass over the names, nothing to
+    // remove, no allocation and no hashing.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -92,59 +107,66 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    let proxy: Vec<HeaderName> = headers
+    let hop: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| name.as_str().starts_with("proxy-"))
+        .filter(|n| is_hop_by_hop(n))
         .cloned()
         .collect();
-    for name in proxy {
+    for name in hop {
         headers.remove(name);
     }
 }
 
-/// Appends `value` to a list header (`Forwarded`, `Via`), joining existing lines.
-fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    let mut joined: Vec<String> = headers
-        .get_all(&name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .collect();
-    joined.push(value.to_owned());
-    if let Ok(v) = HeaderValue::from_str(&joined.join(", ")) {
+/// Whether `name` is a hop-by-hop header by itself (not counting those `Connection` names).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name.as_str() == "keep-alive"
+        || name.as_str().starts_with("proxy-")
+}
+
+/// Appends `value` to a list header (`Forwarded`, `Via`), joining existing lines. Without an
+/// existing line (the common case) `value` is inserted as is, without copying.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    let mut existing = headers.get_all(&name).iter().peekable();
+    if existing.peek().is_none() {
+        headers.insert(name, value);
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in existing.chain(std::iter::once(&value)) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(joined)) {
         headers.insert(name, v);
     }
 }
 
-/// A `Forwarded` parameter value: a token as is, anything else quoted (RFC 7239).
-fn forwarded_value(text: &str) -> String {
+/// Appends a `Forwarded` parameter value to `out`: a token as is, anything else quoted
+/// (RFC 7239).
+fn push_forwarded_value(out: &mut String, text: &str) {
     let token = !text.is_empty()
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
     if token {
-        text.to_owned()
-    } else {
-        let escaped: String = text
-            .chars()
-            .filter(|c| !c.is_control())
-            .flat_map(|c| match c {
-                '"' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        format!("\"{escaped}\"")
+        out.push_str(text);
+        return;
     }
+    out.push('"');
+    for c in text.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
 }
 
 /// The scheme the client used to reach the proxy (`Forwarded: proto=`), set by the listener.
@@ -152,15 +174,19 @@ fn forwarded_value(text: &str) -> String {
 pub(crate) struct ClientProto(pub(crate) &'static str);
 
 /// The `Forwarded` element this hop adds.
-fn forwarded_element(peer: SocketAddr, proto: &str, host: Option<&str>) -> String {
-    let node = match peer {
-        SocketAddr::V4(v4) => v4.ip().to_string(),
-        SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+fn forwarded_element(peer: SocketAddr, proto: &str, host: Option<&[u8]>) -> String {
+    use std::fmt::Write as _;
+    let mut element = String::with_capacity(64);
+    // An IPv4 address is a token; an IPv6 one is quoted with its brackets.
+    let _ = match peer {
+        SocketAddr::V4(v4) => write!(element, "for={}", v4.ip()),
+        SocketAddr::V6(v6) => write!(element, "for=\"[{}]\"", v6.ip()),
     };
-    let mut element = format!("for={};proto={proto}", forwarded_value(&node));
-    if let Some(host) = host {
+    element.push_str(";proto=");
+    element.push_str(proto);
+    if let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) {
         element.push_str(";host=");
-        element.push_str(&forwarded_value(host));
+        push_forwarded_value(&mut element, host);
     }
     element
 }
@@ -173,33 +199,35 @@ pub(crate) fn prepare_request(req: &mut Request<Body>, target: &Target) -> Resul
         .extensions()
         .get::<ClientProto>()
         .map_or("http", |p| p.0);
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    // The client sets `Host` from the upstream URI; the client's host travels in `Forwarded`.
+    let host = req.headers_mut().remove(header::HOST);
+    let authority = req.uri().authority().cloned();
+    let host = host
+        .as_ref()
+        .map(HeaderValue::as_bytes)
+        .or_else(|| authority.as_ref().map(|a| a.as_str().as_bytes()));
+    let forwarded = peer.map(|peer| forwarded_element(peer, proto, host));
     *req.uri_mut() = target.rewrite(req.uri())?;
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    // The client sets `Host` from the upstream URI; the client's host travels in `Forwarded`.
-    headers.remove(header::HOST);
-    if let Some(peer) = peer {
-        append_list(
-            headers,
-            header::FORWARDED,
-            &forwarded_element(peer, proto, host.as_deref()),
-        );
+    if let Some(element) = forwarded
+        && let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(element))
+    {
+        append_list(headers, header::FORWARDED, value);
     }
-    append_list(headers, header::VIA, VIA);
+    append_list(headers, header::VIA, HeaderValue::from_static(VIA));
     Ok(())
 }
 
 /// Cleans an upstream response before it goes back to the client.
 fn prepare_response(res: &mut Response<Body>) {
     strip_hop_by_hop(res.headers_mut());
-    append_list(res.headers_mut(), header::VIA, VIA);
+    append_list(
+        res.headers_mut(),
+        header::VIA,
+        HeaderValue::from_static(VIA),
+    );
 }
 
 /// A small text response (502, 400).

@@ -3,16 +3,17 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 
-use http::{Request, Response};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::PrometheusHandle;
 use stormwall::body::{Body, boxed};
 use stormwall::core::key::PeerAddr;
@@ -180,35 +181,84 @@ fn handle(
         let Ok(res) = result;
         let elapsed = start.elapsed();
         let status = res.status();
-        let cache = res
-            .headers()
-            .get("cache-status")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let limiter = if res.extensions().get::<RateLimited>().is_some() {
-            "rejected"
-        } else {
-            "-"
-        };
-        tracing::info!(
-            %method,
-            path,
-            status = status.as_u16(),
-            cache,
-            limiter,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            %peer,
-            "request"
-        );
-        metrics::counter!(
-            "stormwall_proxy_requests_total",
-            "method" => method.to_string(),
-            "status" => status.as_str().to_owned()
-        )
-        .increment(1);
-        metrics::histogram!("stormwall_proxy_request_duration_seconds")
-            .record(elapsed.as_secs_f64());
+        // The fields are computed only when the line is enabled (`RUST_LOG` at info or below).
+        if tracing::enabled!(tracing::Level::INFO) {
+            let cache = res
+                .headers()
+                .get("cache-status")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            let limiter = if res.extensions().get::<RateLimited>().is_some() {
+                "rejected"
+            } else {
+                "-"
+            };
+            tracing::info!(
+                %method,
+                path,
+                status = status.as_u16(),
+                cache,
+                limiter,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                %peer,
+                "request"
+            );
+        }
+        request_metrics().record(&method, status, elapsed);
         Ok(res)
+    })
+}
+
+/// The per-request metrics, with their handles kept: looking a labelled counter up in the
+/// recorder's registry on every request (building and hashing its key) costs more than the
+/// increment itself.
+struct RequestMetrics {
+    /// `stormwall_proxy_requests_total{method,status}`, one handle per pair seen so far.
+    requests: RwLock<Vec<(Method, StatusCode, Counter)>>,
+    /// `stormwall_proxy_request_duration_seconds`.
+    duration: Histogram,
+}
+
+impl RequestMetrics {
+    fn record(&self, method: &Method, status: StatusCode, elapsed: Duration) {
+        let cached = self
+            .requests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|(m, s, _)| *s == status && m == method)
+            .map(|(_, _, counter)| counter.clone());
+        let counter = cached.unwrap_or_else(|| {
+            let counter = metrics::counter!(
+                "stormwall_proxy_requests_total",
+                "method" => method.to_string(),
+                "status" => status.as_str().to_owned()
+            );
+            let mut requests = self
+                .requests
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            // Bounded: methods outside the standard ones and odd statuses are rare, but a
+            // client could send many distinct methods; past the bound, look them up each time.
+            if requests.len() < MAX_CACHED_COUNTERS {
+                requests.push((method.clone(), status, counter.clone()));
+            }
+            counter
+        });
+        counter.increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// How many `(method, status)` counter handles [`RequestMetrics`] keeps.
+const MAX_CACHED_COUNTERS: usize = 64;
+
+/// The process's request metrics (handles taken from the recorder installed in `main`).
+fn request_metrics() -> &'static RequestMetrics {
+    static METRICS: OnceLock<RequestMetrics> = OnceLock::new();
+    METRICS.get_or_init(|| RequestMetrics {
+        requests: RwLock::new(Vec::new()),
+        duration: metrics::histogram!("stormwall_proxy_request_duration_seconds"),
     })
 }
 

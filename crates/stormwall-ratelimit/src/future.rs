@@ -162,16 +162,19 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let out = match this.kind.as_mut().project() {
+            // The admitted path returns at once, without moving to `Done` (no drop, no
+            // write): polling again after completion polls the inner future again, which the
+            // `Future` contract leaves unspecified (it may panic), as it does here.
             KindProj::Fast { fut, deco } => {
                 let res = ready!(fut.poll(cx))?;
-                match deco {
+                return Poll::Ready(Ok(match deco.take() {
                     Some(deco) => {
                         let (mut parts, body) = res.into_parts();
                         decorate(&deco.shared, Some(&deco.decision()), &mut parts.headers);
-                        Ok(Response::from_parts(parts, ResponseBody::inner(body)))
+                        Response::from_parts(parts, ResponseBody::inner(body))
                     }
-                    None => Ok(res.map(ResponseBody::inner)),
-                }
+                    None => res.map(ResponseBody::inner),
+                }));
             }
             KindProj::Rejected { rejected } => {
                 let (shared, grpc, reason, retry, decision) = &**rejected;
@@ -242,6 +245,7 @@ impl<St> Deco<St> {
 }
 
 /// Counts an admission (no wait).
+#[inline]
 pub(crate) fn count_admitted<St>(shared: &Shared<St>) {
     inc(&shared.counters.admitted);
     metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "admitted").increment(1);

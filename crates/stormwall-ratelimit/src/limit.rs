@@ -140,6 +140,7 @@ impl Limit {
     }
 
     /// The current default quota.
+    #[inline]
     pub fn quota(&self) -> Quota {
         self.quota.get()
     }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use crate::stats::StatsInner;
-use crate::sync::{FlightMap, Mutex};
+use crate::sync::{FlightMap, Hashed, Mutex};
 
 /// The registry's lock (not part of the modeled state: a plain `parking_lot` mutex).
 use parking_lot::Mutex as RegistryLock;
@@ -132,7 +132,7 @@ impl<U: Upstream> State<U> {
 
 pub(crate) struct Flight<K, U: Upstream> {
     core: Arc<Core<K, U>>,
-    key: K,
+    key: Hashed<K>,
     state: Mutex<State<U>>,
 }
 
@@ -206,7 +206,7 @@ impl<K: Hash + Eq, U: Upstream> Core<K, U> {
     where
         K: Clone,
     {
-        self.map.with_entry(key, |key, existing| {
+        self.map.with_entry(self.map.hashed(key), |key, existing| {
             if let Some(flight) = existing {
                 let mut state = flight.state.lock();
                 if matches!(state.phase, Phase::Running { .. }) {
@@ -231,7 +231,7 @@ impl<K: Hash + Eq, U: Upstream> Core<K, U> {
         })
     }
 
-    fn new_flight(self: &Arc<Self>, key: K) -> Arc<Flight<K, U>> {
+    fn new_flight(self: &Arc<Self>, key: Hashed<K>) -> Arc<Flight<K, U>> {
         Arc::new(Flight {
             core: Arc::clone(self),
             key,

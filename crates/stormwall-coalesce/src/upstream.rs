@@ -43,11 +43,12 @@ pub(crate) enum HttpShared {
     Failed(Arc<str>),
 }
 
-// Lives once per flight, inside the flight: no point boxing the buffer.
-#[allow(clippy::large_enum_variant)]
+// The buffer is boxed: the flight moves its upstream out of its state to poll it (and back
+// when it is pending), so a small upstream keeps those moves cheap; only a flight with
+// waiters buffers, and its one allocation serves them all.
 enum CallState<F, RB> {
     Calling(Pin<Box<F>>),
-    Buffering(Buffer<RB>),
+    Buffering(Box<Buffer<RB>>),
     Finished,
 }
 
@@ -144,10 +145,11 @@ where
                         // buffer the (empty) body. Put back once buffered.
                         self.head_length = res.headers_mut().remove(CONTENT_LENGTH);
                     }
-                    self.state = CallState::Buffering(SharedResponse::buffer(res, self.max_body));
+                    self.state =
+                        CallState::Buffering(Box::new(SharedResponse::buffer(res, self.max_body)));
                 }
                 CallState::Buffering(buffer) => {
-                    let res = ready!(Pin::new(buffer).poll(cx));
+                    let res = ready!(Pin::new(&mut **buffer).poll(cx));
                     self.state = CallState::Finished;
                     return Poll::Ready(Ok(match res {
                         Ok(shared) => match self.head_length.take() {

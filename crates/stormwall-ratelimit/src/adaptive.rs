@@ -32,7 +32,7 @@ pub(crate) struct Adaptive {
 }
 
 /// Keys a request passed through the adaptive gate; dropping it without
-/// [`Adaptive::observe`] just releases the in-flight slots.
+/// [`Gated::observe`] just releases the in-flight slots.
 #[derive(Debug)]
 pub(crate) struct Gated {
     adaptive: Arc<Adaptive>,

@@ -169,21 +169,31 @@ fn push_forwarded_value(out: &mut String, text: &str) {
     out.push('"');
 }
 
-/// The scheme the client used to reach the proxy (`Forwarded: proto=`), set by the listener.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientProto(pub(crate) &'static str);
+/// This hop's `for=…;proto=…` `Forwarded` parameters, rendered once per client connection
+/// by the listener (the peer address and scheme do not change between its requests).
+#[derive(Debug, Clone)]
+pub(crate) struct ClientHop(Arc<str>);
+
+impl ClientHop {
+    /// `peer` reached the proxy over `proto` (`http` or `https`).
+    pub(crate) fn new(peer: SocketAddr, proto: &str) -> Self {
+        use std::fmt::Write as _;
+        let mut text = String::with_capacity(48);
+        // An IPv4 address is a token; an IPv6 one is quoted with its brackets.
+        let _ = match peer {
+            SocketAddr::V4(v4) => write!(text, "for={}", v4.ip()),
+            SocketAddr::V6(v6) => write!(text, "for=\"[{}]\"", v6.ip()),
+        };
+        text.push_str(";proto=");
+        text.push_str(proto);
+        Self(text.into())
+    }
+}
 
 /// The `Forwarded` element this hop adds.
-fn forwarded_element(peer: SocketAddr, proto: &str, host: Option<&[u8]>) -> String {
-    use std::fmt::Write as _;
-    let mut element = String::with_capacity(64);
-    // An IPv4 address is a token; an IPv6 one is quoted with its brackets.
-    let _ = match peer {
-        SocketAddr::V4(v4) => write!(element, "for={}", v4.ip()),
-        SocketAddr::V6(v6) => write!(element, "for=\"[{}]\"", v6.ip()),
-    };
-    element.push_str(";proto=");
-    element.push_str(proto);
+fn forwarded_element(hop: &ClientHop, host: Option<&[u8]>) -> String {
+    let mut element = String::with_capacity(hop.0.len() + 32);
+    element.push_str(&hop.0);
     if let Some(host) = host.and_then(|h| std::str::from_utf8(h).ok()) {
         element.push_str(";host=");
         push_forwarded_value(&mut element, host);
@@ -194,11 +204,13 @@ fn forwarded_element(peer: SocketAddr, proto: &str, host: Option<&[u8]>) -> Stri
 /// Prepares a client request for the upstream: URI, version, hop-by-hop headers,
 /// `Forwarded` and `Via`.
 pub(crate) fn prepare_request(req: &mut Request<Body>, target: &Target) -> Result<(), http::Error> {
-    let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
-    let proto = req
-        .extensions()
-        .get::<ClientProto>()
-        .map_or("http", |p| p.0);
+    // The listener sets `ClientHop`; without it (a request built elsewhere) the peer address
+    // alone is enough.
+    let hop = req.extensions().get::<ClientHop>().cloned().or_else(|| {
+        req.extensions()
+            .get::<PeerAddr>()
+            .map(|p| ClientHop::new(p.0, "http"))
+    });
     // The client sets `Host` from the upstream URI; the client's host travels in `Forwarded`.
     let host = req.headers_mut().remove(header::HOST);
     let authority = req.uri().authority().cloned();
@@ -206,7 +218,7 @@ pub(crate) fn prepare_request(req: &mut Request<Body>, target: &Target) -> Resul
         .as_ref()
         .map(HeaderValue::as_bytes)
         .or_else(|| authority.as_ref().map(|a| a.as_str().as_bytes()));
-    let forwarded = peer.map(|peer| forwarded_element(peer, proto, host));
+    let forwarded = hop.map(|hop| forwarded_element(&hop, host));
     *req.uri_mut() = target.rewrite(req.uri())?;
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();

@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::Loaded;
-use crate::forward::{self, ClientProto, ProxyService, Target};
+use crate::forward::{self, ClientHop, ProxyService, Target};
 
 /// How often the metrics exporter folds histogram samples into its summaries.
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
@@ -101,9 +101,9 @@ pub(crate) async fn run(mut loaded: Loaded, metrics: PrometheusHandle) -> Result
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
-                let proto = ClientProto(if tls.is_some() { "https" } else { "http" });
+                let hop = ClientHop::new(peer, if tls.is_some() { "https" } else { "http" });
                 let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    handle(service.clone(), peer, proto, req)
+                    handle(service.clone(), peer, hop.clone(), req)
                 });
                 match &tls {
                     None => {
@@ -167,14 +167,16 @@ pub(crate) async fn run(mut loaded: Loaded, metrics: PrometheusHandle) -> Result
 fn handle(
     service: ProxyService,
     peer: SocketAddr,
-    proto: ClientProto,
+    hop: ClientHop,
     mut req: Request<Incoming>,
 ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // Only the log line needs the path: no copy when it is disabled.
+    let log = tracing::enabled!(tracing::Level::INFO);
+    let path = log.then(|| req.uri().path().to_owned());
     req.extensions_mut().insert(PeerAddr(peer));
-    req.extensions_mut().insert(proto);
+    req.extensions_mut().insert(hop);
     // Combinators rather than an `async` block: the compiler cannot prove an `async` block
     // holding the boxed service's future `Send`.
     service.oneshot(req.map(boxed)).map(move |result| {
@@ -182,7 +184,7 @@ fn handle(
         let elapsed = start.elapsed();
         let status = res.status();
         // The fields are computed only when the line is enabled (`RUST_LOG` at info or below).
-        if tracing::enabled!(tracing::Level::INFO) {
+        if let Some(path) = path {
             let cache = res
                 .headers()
                 .get("cache-status")

@@ -88,7 +88,8 @@ struct Inner {
 enum Slot {
     Tat(GcraCell),
     /// A GCRA cell that a layer also holds directly (a global limit's single key: the layer
-    /// decides on it without a map look-up). Never swept; a reset clears it in place.
+    /// decides on it without a map look-up). Not swept while a layer holds it; a reset clears
+    /// it in place.
     Pinned(Arc<PinnedCell>),
     Log(Box<Mutex<(SlidingLog, Quota)>>),
     Counter(Box<Mutex<(SlidingCounter, Quota)>>),
@@ -151,8 +152,10 @@ impl Slot {
     fn is_idle(&self, now: u64) -> bool {
         match self {
             Self::Tat(tat) => Gcra::is_idle(tat.tat(), now),
-            // A layer holds it: keep it (one per global limit, so bounded).
-            Self::Pinned(_) => false,
+            // Kept while a layer holds it; once no layer does (the map holds the only
+            // reference: pinning clones it under the same shard lock a sweep holds), it is
+            // an ordinary key.
+            Self::Pinned(p) => Arc::strong_count(p) == 1 && Gcra::is_idle(p.cell.tat(), now),
             Self::Log(m) => {
                 let g = m.lock();
                 g.0.is_idle(&g.1, now)
@@ -643,7 +646,7 @@ mod tests {
         assert!(!p.cell.admit(&q, n, 1));
         // Pinning again gives the same cell.
         assert!(Arc::ptr_eq(&p, &store.pin_global(&id).unwrap()));
-        // Sweeps keep it even when idle.
+        // Sweeps keep it even when idle, while it is held.
         tokio::time::advance(Duration::from_secs(5)).await;
         assert_eq!(store.sweep(Instant::now()), 0);
         assert_eq!(store.len(), 1);
@@ -663,6 +666,16 @@ mod tests {
         );
         assert!(!p.is_live());
         assert!(store.pin_global(&id).is_none());
+        // Once no layer holds it, an idle pinned cell is swept like any key.
+        let (id2, q2) = (LimitId::new("g2"), Quota::per_second(1).unwrap());
+        let p2 = store.pin_global(&id2).expect("pinned");
+        assert!(p2.cell.admit(&q2, store.nanos(Instant::now()), 1));
+        drop(p2);
+        assert_eq!(store.sweep(Instant::now()), 0); // neither key is idle yet
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Both go: the released pinned cell and the (now idle) fixed window of `g`.
+        assert_eq!(store.sweep(Instant::now()), 2);
+        assert!(store.is_empty());
     }
 
     /// `admit` admits exactly when `decide` would, and spends the same.

@@ -52,7 +52,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -120,10 +120,20 @@ struct Counters {
     replies: AtomicU64,
     replies_held: AtomicU64,
     swallowed: AtomicU64,
+    /// Signalled after every change, for [`TcpFaultProxy::wait_until`].
+    changed: (Mutex<()>, Condvar),
 }
 
-fn bump(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
+impl Counters {
+    fn bump(&self, counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+        let _guard = self
+            .changed
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.changed.1.notify_all();
+    }
 }
 
 struct Shared {
@@ -298,6 +308,36 @@ impl TcpFaultProxy {
         self.set(TcpFault::Down);
     }
 
+    /// Blocks this thread until the counters satisfy `pred` and returns them; panics with
+    /// the counters after `limit` (a hang guard, not a timing assert). Woken by every change
+    /// the proxy's thread makes, so it never polls.
+    pub fn wait_until(
+        &self,
+        limit: Duration,
+        pred: impl Fn(&TcpFaultStats) -> bool,
+    ) -> TcpFaultStats {
+        let deadline = std::time::Instant::now() + limit;
+        let (lock, cond) = &self.shared.counters.changed;
+        let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            // A bump takes `lock` to notify, and this thread holds it from the snapshot
+            // until it waits: a change after the snapshot always wakes the wait below.
+            let s = self.stats();
+            if pred(&s) {
+                return s;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the fault proxy never reached the state: {s:?}"
+            );
+            guard = cond
+                .wait_timeout(guard, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> TcpFaultStats {
         let c = &self.shared.counters;
@@ -338,11 +378,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         if shared.fault() == TcpFault::Down
             || c.connections.load(Ordering::Relaxed) >= shared.max_connections
         {
-            bump(&c.refused, 1);
+            c.bump(&c.refused, 1);
             drop(client);
             continue;
         }
-        bump(&c.connections, 1);
+        c.bump(&c.connections, 1);
         tasks.spawn(serve(shared.clone(), client));
     }
 }
@@ -432,7 +472,7 @@ enum End {
 
 async fn serve(shared: Arc<Shared>, mut client: TcpStream) {
     let Ok(mut server) = TcpStream::connect(shared.upstream).await else {
-        bump(&shared.counters.refused, 1);
+        shared.counters.bump(&shared.counters.refused, 1);
         return; // the client's socket has a zero linger: it gets a reset
     };
     let _ = server.set_zero_linger();
@@ -444,7 +484,7 @@ async fn serve(shared: Arc<Shared>, mut client: TcpStream) {
     c.replies_held
         .fetch_sub(held.len() as u64, Ordering::Relaxed);
     if matches!(end, End::Reset) {
-        bump(&c.resets, 1);
+        c.bump(&c.resets, 1);
     }
     // Counted first, then closed (a zero linger: a reset), so a client that saw the reset
     // sees it counted.
@@ -471,12 +511,12 @@ async fn pump(
                 let fault = shared.fault();
                 doomed |= fault == TcpFault::Blackhole;
                 if doomed {
-                    bump(&c.swallowed, n as u64);
+                    c.bump(&c.swallowed, n as u64);
                     // Still count what went into the hole.
                     while let Frame::Command { len, name } = frame(&from_client) {
                         let _ = from_client.split_to(len);
-                        bump(&c.commands, 1);
-                        bump(&c.scripts, u64::from(is_script(&name)));
+                        c.bump(&c.commands, 1);
+                        c.bump(&c.scripts, u64::from(is_script(&name)));
                     }
                     from_client.clear();
                     continue;
@@ -496,9 +536,9 @@ async fn pump(
                         }
                         Frame::Command { len, name } => {
                             let cmd = from_client.split_to(len);
-                            bump(&c.commands, 1);
+                            c.bump(&c.commands, 1);
                             let script = is_script(&name);
-                            bump(&c.scripts, u64::from(script));
+                            c.bump(&c.scripts, u64::from(script));
                             match fault {
                                 TcpFault::Reset(ResetAt::MidRequest) if script => {
                                     let _ = server.write_all(&cmd[..len / 2]).await;
@@ -525,7 +565,7 @@ async fn pump(
                 let fault = shared.fault();
                 doomed |= fault == TcpFault::Blackhole;
                 if doomed {
-                    bump(&c.swallowed, n as u64);
+                    c.bump(&c.swallowed, n as u64);
                     continue;
                 }
                 let delay = match fault {
@@ -533,7 +573,7 @@ async fn pump(
                     _ => Duration::ZERO,
                 };
                 held.push_back((Instant::now() + delay, Bytes::copy_from_slice(&from_server[..n])));
-                bump(&c.replies_held, 1);
+                c.bump(&c.replies_held, 1);
             }
             () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                 let now = Instant::now();
@@ -541,7 +581,7 @@ async fn pump(
                     let Some((_, bytes)) = held.pop_front() else { break };
                     // Counted before the write, so a client that has the reply sees it counted.
                     c.replies_held.fetch_sub(1, Ordering::Relaxed);
-                    bump(&c.replies, 1);
+                    c.bump(&c.replies, 1);
                     if client.write_all(&bytes).await.is_err() {
                         return End::Closed;
                     }
@@ -652,20 +692,13 @@ mod tests {
         let mut s = std::net::TcpStream::connect(proxy.addr()).unwrap();
         s.write_all(b"PING\r\n").unwrap();
         // Wait (bounded, no timing assert) until Redis answered and the proxy holds it.
-        let start = std::time::Instant::now();
-        while proxy.stats().replies_held == 0 {
-            assert!(start.elapsed() < Duration::from_secs(10), "{proxy:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        proxy.wait_until(Duration::from_secs(10), |st| st.replies_held > 0);
         assert_eq!(proxy.stats().replies, 0);
         // A black hole from now on: the held reply is still delivered after its delay, but
         // the connection swallows everything new.
         proxy.blackhole();
         s.write_all(b"PING\r\n").unwrap();
-        while proxy.stats().swallowed == 0 {
-            assert!(start.elapsed() < Duration::from_secs(10), "{proxy:?}");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        proxy.wait_until(Duration::from_secs(10), |st| st.swallowed > 0);
         proxy.heal();
         assert_eq!(roundtrip(proxy.addr(), b"PING\r\n").unwrap(), b"+PONG\r\n");
         let st = proxy.stats();

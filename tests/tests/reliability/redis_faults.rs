@@ -407,18 +407,10 @@ async fn black_hole_every_policy_holds_then_recovers() {
     scenario(TcpFault::Blackhole, "black hole").await;
 }
 
-/// Waits (bounded, wall clock) until the proxy's counters satisfy `pred`; the proxy runs on
-/// its own thread, so this blocks only the test's thread.
+/// Waits (bounded: a 10 s hang guard) until the proxy's counters satisfy `pred`; the proxy
+/// runs on its own thread, so this blocks only the test's thread.
 fn wait_proxy(proxy: &TcpFaultProxy, pred: impl Fn(&TcpFaultStats) -> bool) -> TcpFaultStats {
-    let t = std::time::Instant::now();
-    loop {
-        let s = proxy.stats();
-        if pred(&s) {
-            return s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "{s:?}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    proxy.wait_until(Duration::from_secs(10), pred)
 }
 
 /// The added latency, in virtual time: the store's only wait is its timeout timer.

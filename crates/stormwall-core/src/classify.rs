@@ -357,11 +357,17 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<GrpcCode> {
     Some(GrpcCode::from(code))
 }
 
+#[inline]
 fn is_grpc<B>(res: &Response<B>) -> bool {
-    res.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
+    let headers = res.headers();
+    // An empty map has no content type: skip the (out-of-line) lookup. The prefix is compared
+    // on the raw bytes first, so that the visible-ASCII check of `to_str` runs only for the
+    // (rare) values that start like a gRPC content type; the result is that of `to_str` +
+    // `starts_with`.
+    !headers.is_empty()
+        && headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc") && v.to_str().is_ok())
 }
 
 /// A classifier for HTTP and gRPC calls that knows about back-off signals.
@@ -441,7 +447,20 @@ impl ResilienceClassifier {
     }
 
     /// Classifies an HTTP status and its headers.
+    #[inline]
     pub fn classify_status(&self, status: StatusCode, headers: &HeaderMap) -> Result<(), Failure> {
+        let code = status.as_u16();
+        // The common case, a status that is neither 429 nor in the failure range, stays inline
+        // and small; the rest (pushback parsing, failure construction) is out of line.
+        if code != 429 && !(self.failure_from..=self.failure_to).contains(&code) {
+            return Ok(());
+        }
+        self.classify_status_slow(status, headers)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn classify_status_slow(&self, status: StatusCode, headers: &HeaderMap) -> Result<(), Failure> {
         let code = status.as_u16();
         if status == StatusCode::TOO_MANY_REQUESTS {
             if !self.too_many_requests_is_failure {
@@ -496,23 +515,21 @@ impl ClassifyResponse for ResilienceClassifier {
     type FailureClass = Failure;
     type ClassifyEos = ResilienceEos;
 
+    #[inline]
     fn classify_response<B>(
         self,
         res: &Response<B>,
     ) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
         if is_grpc(res) {
-            if grpc_status(res.headers()).is_some() {
-                return ClassifiedResponse::Ready(self.classify_grpc(res.headers()));
-            }
-            if !res.status().is_success() {
-                // A gRPC call that failed at the HTTP layer (e.g. a proxy's 503).
-                return ClassifiedResponse::Ready(
-                    self.classify_status(res.status(), res.headers()),
-                );
-            }
-            return ClassifiedResponse::RequiresEos(ResilienceEos { classifier: self });
+            return self.classify_grpc_response(res.status(), res.headers());
         }
-        ClassifiedResponse::Ready(self.classify_status(res.status(), res.headers()))
+        // As `classify_status`, with the success returned as a constant: the caller's match on
+        // the result then folds away.
+        let code = res.status().as_u16();
+        if code != 429 && !(self.failure_from..=self.failure_to).contains(&code) {
+            return ClassifiedResponse::Ready(Ok(()));
+        }
+        ClassifiedResponse::Ready(self.classify_status_slow(res.status(), res.headers()))
     }
 
     fn classify_error<E>(self, error: &E) -> Self::FailureClass
@@ -523,11 +540,32 @@ impl ClassifyResponse for ResilienceClassifier {
     }
 }
 
+impl ResilienceClassifier {
+    /// A gRPC response (`content-type: application/grpc*`): out of line, so that the plain HTTP
+    /// path stays small.
+    #[inline(never)]
+    fn classify_grpc_response(
+        self,
+        status: StatusCode,
+        headers: &HeaderMap,
+    ) -> ClassifiedResponse<Failure, ResilienceEos> {
+        if grpc_status(headers).is_some() {
+            return ClassifiedResponse::Ready(self.classify_grpc(headers));
+        }
+        if !status.is_success() {
+            // A gRPC call that failed at the HTTP layer (e.g. a proxy's 503).
+            return ClassifiedResponse::Ready(self.classify_status(status, headers));
+        }
+        ClassifiedResponse::RequiresEos(ResilienceEos { classifier: self })
+    }
+}
+
 impl MakeClassifier for ResilienceClassifier {
     type Classifier = Self;
     type FailureClass = Failure;
     type ClassifyEos = ResilienceEos;
 
+    #[inline]
     fn make_classifier<B>(&self, _req: &Request<B>) -> Self::Classifier {
         self.clone()
     }
@@ -667,6 +705,39 @@ mod tests {
                 "{garbage:?}"
             );
         }
+    }
+
+    #[test]
+    fn grpc_content_type_detection() {
+        // Only a visible-ASCII value starting with `application/grpc` makes a gRPC response.
+        let mut odd = res(200, &[("grpc-status", "14")]);
+        odd.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_bytes(b"application/grpc\xfe").unwrap(),
+        );
+        assert_eq!(
+            classify(&odd),
+            Ok(()),
+            "not gRPC: judged by its HTTP status"
+        );
+        let plain = res(
+            200,
+            &[("content-type", "application/json"), ("grpc-status", "14")],
+        );
+        assert_eq!(classify(&plain), Ok(()));
+        let short = res(503, &[("content-type", "application/grp")]);
+        assert_eq!(
+            classify(&short),
+            Err(Failure::Status(StatusCode::SERVICE_UNAVAILABLE))
+        );
+        // Other headers, no content type: HTTP.
+        let other = res(200, &[("grpc-status", "14"), ("x-a", "b")]);
+        assert_eq!(classify(&other), Ok(()));
+        let grpc_503 = res(503, &[("content-type", "application/grpc")]);
+        assert_eq!(
+            classify(&grpc_503),
+            Err(Failure::Status(StatusCode::SERVICE_UNAVAILABLE))
+        );
     }
 
     #[test]

@@ -85,12 +85,7 @@ fn closed_rows() -> Vec<Row> {
             black_box(poll_now(cb.call(svc.call(black_box(Request::new(()))))).unwrap());
         }),
     ));
-    let layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
-        .failure_rate_threshold(0.5)
-        .sliding_window_size(100)
-        .build()
-        .unwrap();
-    let mut svc = layer.layer(inner());
+    let mut svc = tower_resilience_layer().layer(inner());
     rows.push((
         "tower-resilience-circuitbreaker",
         Box::new(move || {
@@ -98,6 +93,15 @@ fn closed_rows() -> Vec<Row> {
         }),
     ));
     rows
+}
+
+/// tower-resilience's breaker as the rows configure it: failure rate 50 %, window of 100.
+fn tower_resilience_layer() -> tower_resilience_circuitbreaker::CircuitBreakerLayer {
+    tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_size(100)
+        .build()
+        .unwrap()
 }
 
 fn closed_call(c: &mut Criterion) {
@@ -122,12 +126,7 @@ fn closed_call(c: &mut Criterion) {
         })
     });
     g.bench_function("tower-resilience-circuitbreaker", |b| {
-        let layer = tower_resilience_circuitbreaker::CircuitBreakerLayer::builder()
-            .failure_rate_threshold(0.5)
-            .sliding_window_size(100)
-            .build()
-            .unwrap();
-        let mut svc = layer.layer(inner());
+        let mut svc = tower_resilience_layer().layer(inner());
         b.iter(|| {
             let mut cx = Context::from_waker(Waker::noop());
             assert!(svc.poll_ready(&mut cx).is_ready());

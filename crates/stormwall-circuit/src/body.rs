@@ -26,7 +26,7 @@ impl Guard {
     pub(crate) fn finish(&mut self, failure: Option<&Failure>) {
         if let Some(permit) = self.permit.take() {
             if let Some(f) = failure {
-                tracing::debug!(breaker = %self.breaker.name(), failure = %f, "call failed");
+                self.log_failure(f);
             }
             self.breaker.record_with(
                 permit,
@@ -35,6 +35,14 @@ impl Guard {
                 tokio::time::Instant::now,
             );
         }
+    }
+}
+
+impl Guard {
+    #[cold]
+    #[inline(never)]
+    fn log_failure(&self, failure: &Failure) {
+        tracing::debug!(breaker = %self.breaker.name(), %failure, "call failed");
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{Counter, Gauge};
+use stormwall_core::time::Epoch;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -271,6 +272,8 @@ pub struct Breaker {
     name: Arc<str>,
     config: BreakerConfig,
     start: Instant,
+    /// `start`, for cheap conversions of instants into seconds since it.
+    epoch: Epoch,
     /// Read by every call: kept on its own cache lines, away from the `Arc` reference count
     /// (written by every call) and the window (written when outcomes change).
     word: Padded<AtomicU64>,
@@ -329,6 +332,7 @@ impl Breaker {
             name,
             config,
             start,
+            epoch: Epoch::new(start),
             word: Padded(AtomicU64::new(word(State::Closed, 0, 0))),
             window: Padded(window),
             consecutive: AtomicU32::new(0),
@@ -368,9 +372,12 @@ impl Breaker {
         self.observers.events.subscribe()
     }
 
+    /// Whole seconds from the breaker's start to `now` (0 before it): a time window needs this
+    /// on every call, so it goes through the start's [`Epoch`] (a few instructions) rather than
+    /// an `Instant` subtraction.
     #[inline]
     fn secs(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.start).as_secs()
+        self.epoch.nanos_to(now) / 1_000_000_000
     }
 
     fn micros(&self, now: Instant) -> u64 {
@@ -497,6 +504,10 @@ impl Breaker {
         self.record_with(permit, failed, slow, || now)
     }
 
+    /// The closed-state path of [`record`](Self::record), inline and small: a success into a
+    /// count window full of successes changes nothing, and a success into a time window is
+    /// counted and evaluated only when the window holds a failed or slow call. Everything else
+    /// (failures, half-open probes, consecutive-failures mode, a trip) is out of line.
     #[inline]
     pub(crate) fn record_with(
         &self,
@@ -516,6 +527,34 @@ impl Breaker {
         if slow {
             self.metrics.slow.increment(1);
         }
+        if !failed && !slow && matches!(permit.kind, State::Closed | State::MetricsOnly) {
+            match &self.window.0 {
+                // Whatever the epoch: the outcome would be dropped, or would change nothing.
+                WindowImpl::Count(cw) if cw.full_of_successes() => return,
+                WindowImpl::Time(tw) => {
+                    let w = self.word.load(Ordering::Acquire);
+                    if epoch_of(w) != permit.epoch() {
+                        return;
+                    }
+                    let sec = self.secs(now());
+                    // A success is counted, then the failure flag read (see `record_outcome`).
+                    tw.record(sec, 0);
+                    let last = self.last_bad_sec.load(Ordering::Acquire);
+                    if last == 0 || last - 1 + tw.secs() <= sec {
+                        // No failure or slow call in the window: a success cannot trip it.
+                        return;
+                    }
+                    return self.evaluate_time_window(permit, w, sec, 0, now);
+                }
+                _ => {}
+            }
+        }
+        self.record_outcome(permit, failed, slow, now);
+    }
+
+    /// The rest of [`record_with`](Self::record_with) (metrics already counted).
+    #[inline(never)]
+    fn record_outcome(&self, permit: Permit, failed: bool, slow: bool, now: impl Fn() -> Instant) {
         let w = self.word.load(Ordering::Acquire);
         if epoch_of(w) != permit.epoch() {
             // Admitted before the last transition: its outcome belongs to another period.
@@ -551,7 +590,7 @@ impl Breaker {
                                 return;
                             }
                         }
-                        Some(tw.counts(sec))
+                        return self.evaluate_time_window(permit, w, sec, bits, now);
                     }
                     WindowImpl::Consecutive(n) => {
                         if bits != 0 {
@@ -571,17 +610,47 @@ impl Breaker {
                     }
                 };
                 let Some(counts) = counts else { return };
-                if bits != 0 {
-                    self.metrics.failure_rate.set(counts.failure_rate());
-                    self.metrics.slow_rate.set(counts.slow_rate());
-                }
-                if permit.kind == State::Closed
-                    && self.over_threshold(&counts, self.config.minimum_calls as u64)
-                {
-                    self.trip(w, State::Closed, now(), counts);
-                }
+                self.publish_and_check(permit.kind, w, bits, counts, now);
             }
             State::Open | State::ForcedOpen | State::Disabled => {}
+        }
+    }
+
+    /// Reads a time window at `sec` after a record and trips the breaker if it is over a
+    /// threshold.
+    #[cold]
+    #[inline(never)]
+    fn evaluate_time_window(
+        &self,
+        permit: Permit,
+        w: u64,
+        sec: u64,
+        bits: u8,
+        now: impl Fn() -> Instant,
+    ) {
+        let WindowImpl::Time(tw) = &self.window.0 else {
+            return;
+        };
+        self.publish_and_check(permit.kind, w, bits, tw.counts(sec), now);
+    }
+
+    /// After a record: publishes the window's rates if the call failed or was slow (`bits`),
+    /// and trips a closed breaker whose window is over a threshold.
+    #[inline]
+    fn publish_and_check(
+        &self,
+        kind: State,
+        w: u64,
+        bits: u8,
+        counts: Counts,
+        now: impl Fn() -> Instant,
+    ) {
+        if bits != 0 {
+            self.metrics.failure_rate.set(counts.failure_rate());
+            self.metrics.slow_rate.set(counts.slow_rate());
+        }
+        if kind == State::Closed && self.over_threshold(&counts, self.config.minimum_calls as u64) {
+            self.trip(w, State::Closed, now(), counts);
         }
     }
 

@@ -83,6 +83,13 @@ impl CountWindow {
         }
     }
 
+    /// Whether the window is full of plain successes: then one more success changes nothing
+    /// (the slot it would replace holds a success too).
+    #[inline]
+    pub(crate) fn full_of_successes(&self) -> bool {
+        self.agg.load(Ordering::Relaxed) == self.slots.len() as u64
+    }
+
     /// Records one call (`bits`: [`FAILED`] | [`SLOW`]) and returns the window after it, or
     /// `None` when the window did not change (the slot already held the same outcome: the
     /// previous judgement stands) or was read mid-update.
@@ -140,7 +147,9 @@ impl CountWindow {
 const B: u32 = 18;
 const M18: u64 = (1 << B) - 1;
 const GEN_SHIFT: u32 = 54;
-const GEN_MOD: u64 = 1023;
+/// Generations cycle through 512 laps (a power of two: a mask, not a division, per call); the
+/// 10-bit field's 1023 marks a bucket never written.
+const GEN_MOD: u64 = 512;
 const NO_GEN: u64 = 1023;
 const NO_EPOCH: u64 = u64::MAX;
 /// The most calls one second of a time window records; further calls in that second are not
@@ -160,6 +169,15 @@ struct Bucket {
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
     buckets: Box<[Bucket]>,
+    /// `u64::MAX / len + 1`, for a division-free `sec / len` (Lemire's fastdiv, exact for
+    /// 32-bit dividends and divisors above 1).
+    magic: u64,
+}
+
+/// `a / d` for `a < 2^32` and `1 < d < 2^32`, with `magic = u64::MAX / d + 1`.
+#[inline]
+fn fastdiv(a: u64, magic: u64) -> u64 {
+    ((magic as u128 * a as u128) >> 64) as u64
 }
 
 impl TimeWindow {
@@ -171,6 +189,18 @@ impl TimeWindow {
                     epoch: AtomicU64::new(NO_EPOCH),
                 })
                 .collect(),
+            magic: (u64::MAX / secs.max(1) as u64).wrapping_add(1),
+        }
+    }
+
+    /// `sec / len`: a multiplication rather than a 64-bit division on the per-call path.
+    #[inline]
+    fn lap(&self, sec: u64) -> u64 {
+        let n = self.buckets.len() as u64;
+        if n > 1 && sec <= u32::MAX as u64 {
+            fastdiv(sec, self.magic)
+        } else {
+            sec / n
         }
     }
 
@@ -179,7 +209,7 @@ impl TimeWindow {
     }
 
     fn gen_of(&self, sec: u64) -> u64 {
-        (sec / self.buckets.len() as u64) % GEN_MOD
+        self.lap(sec) % GEN_MOD
     }
 
     /// Records one call at second `sec` (since the breaker started).
@@ -190,11 +220,36 @@ impl TimeWindow {
     /// newer second). A newer second's calls are never overwritten by a late record; a late
     /// record may be dropped when a newer lap restarts the bucket after it (it is out of the
     /// window by then).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn record(&self, sec: u64, bits: u8) {
         let n = self.buckets.len() as u64;
-        let lap = sec / n;
+        let lap = self.lap(sec);
         let b = &self.buckets[(sec - lap * n) as usize];
+        // The common case: the bucket is already this second's (its epoch is `sec`, so no
+        // newer second has touched it) and holds this lap's generation: one compare-exchange,
+        // exactly what the general path below does in that case. Anything else (first call of
+        // a second, a late record, a lost race, a full bucket) takes the general path.
+        if b.epoch.load(Ordering::Acquire) == sec {
+            let cur = b.word.load(Ordering::Acquire);
+            if cur >> GEN_SHIFT == lap % GEN_MOD
+                && cur & M18 < MAX_CALLS_PER_SECOND
+                && b.word
+                    .compare_exchange(
+                        cur,
+                        cur + packed18(bits),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+            {
+                return;
+            }
+        }
+        self.record_general(b, sec, lap, bits);
+    }
+
+    #[inline(never)]
+    fn record_general(&self, b: &Bucket, sec: u64, lap: u64, bits: u8) {
         // epoch = max(epoch, sec), NO_EPOCH counting as "none".
         let mut prev = b.epoch.load(Ordering::Acquire);
         loop {
@@ -221,7 +276,7 @@ impl TimeWindow {
         } else {
             self.gen_of(sec)
         };
-        // The bucket's last second is of an older lap with the same generation (1023 laps
+        // The bucket's last second is of an older lap with the same generation (512 laps
         // ago): restart it rather than add to stale counts.
         let mut aliased = prev != NO_EPOCH && prev < sec && self.gen_of(prev) == generation;
         let add = packed18(bits);
@@ -265,17 +320,25 @@ impl TimeWindow {
     pub(crate) fn counts(&self, now_sec: u64) -> Counts {
         let n = self.buckets.len() as u64;
         let mut c = Counts::default();
-        // Walk back from the current second: one division, then a wrapping index.
-        let mut slot = (now_sec % n) as usize;
+        // Walk back from the current second: one division, then a wrapping index and lap (no
+        // division per bucket).
+        let mut lap = self.lap(now_sec);
+        let mut slot = (now_sec - lap * n) as usize;
         for k in 0..n.min(now_sec + 1) {
             let expected = now_sec - k;
             let b = &self.buckets[slot];
-            slot = if slot == 0 { n as usize - 1 } else { slot - 1 };
+            let generation = lap % GEN_MOD;
+            if slot == 0 {
+                slot = n as usize - 1;
+                lap = lap.wrapping_sub(1);
+            } else {
+                slot -= 1;
+            }
             if b.epoch.load(Ordering::Acquire) != expected {
                 continue;
             }
             let w = b.word.load(Ordering::Acquire);
-            if w >> GEN_SHIFT != self.gen_of(expected) {
+            if w >> GEN_SHIFT != generation {
                 continue;
             }
             c.calls += w & M18;
@@ -332,6 +395,42 @@ mod tests {
     }
 
     #[test]
+    fn fastdiv_is_division() {
+        for d in [2u64, 3, 7, 60, 100, 3_600, 86_400, u32::MAX as u64] {
+            let m = u64::MAX / d + 1;
+            for a in [
+                0u64,
+                1,
+                5,
+                59,
+                60,
+                61,
+                99,
+                100,
+                12_345_678,
+                u32::MAX as u64 - 1,
+            ] {
+                assert_eq!(fastdiv(a, m), a / d, "{a} / {d}");
+            }
+            assert_eq!(fastdiv(u32::MAX as u64, m), u32::MAX as u64 / d);
+        }
+        let w = TimeWindow::new(60);
+        for sec in [
+            0u64,
+            59,
+            60,
+            61,
+            1 << 31,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            u64::MAX / 2,
+        ] {
+            assert_eq!(w.lap(sec), sec / 60, "{sec}");
+        }
+        assert_eq!(TimeWindow::new(1).lap(12_345), 12_345);
+    }
+
+    #[test]
     fn time_window_expires_seconds() {
         let w = TimeWindow::new(3);
         w.record(0, FAILED);
@@ -363,10 +462,11 @@ mod tests {
             }
         );
         assert_eq!(w.counts(10), Counts::default());
-        // Aliasing after 1023 laps does not resurrect old counts.
-        w.record(3 + 3 * 1023, 0);
-        assert_eq!(w.counts(3 + 3 * 1023).calls, 1);
+        // Aliasing after GEN_MOD laps does not resurrect old counts.
+        let aliased = 3 + 3 * GEN_MOD;
+        w.record(aliased, 0);
+        assert_eq!(w.counts(aliased).calls, 1);
         w.reset();
-        assert_eq!(w.counts(3 + 3 * 1023), Counts::default());
+        assert_eq!(w.counts(aliased), Counts::default());
     }
 }

@@ -44,6 +44,14 @@ fn decisions(c: &mut Criterion) {
     g.bench_function("stormwall DirectLimiter (GCRA, 1 CAS, Clock::tsc)", |b| {
         b.iter(|| black_box(ours_tsc.try_acquire(1).is_ok()))
     });
+    g.bench_function(
+        "stormwall DirectLimiter::try_spend (yes/no, tokio clock)",
+        |b| b.iter(|| black_box(ours.try_spend(1).is_ok())),
+    );
+    g.bench_function(
+        "stormwall DirectLimiter::try_spend (yes/no, Clock::tsc)",
+        |b| b.iter(|| black_box(ours_tsc.try_spend(1).is_ok())),
+    );
     let gov = governor::RateLimiter::direct(gov_huge());
     g.bench_function("governor direct", |b| {
         b.iter(|| black_box(gov.check().is_ok()))
@@ -123,8 +131,36 @@ fn inner() -> Inner {
     service_fn(ok as fn(_) -> _)
 }
 
+/// tower_governor with a global key and a quota so large that every request is admitted.
+fn tower_governor_layer() -> impl circuit_tower::Service<Request<Body>> + Clone {
+    let config = tower_governor::governor::GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+        .finish()
+        .unwrap();
+    tower_governor::GovernorLayer::<_, _, Body>::new(config).layer(inner())
+}
+
 fn req() -> Request<Body> {
     Request::get("/").body(Body::empty()).unwrap()
+}
+
+/// One request through `svc` without an executor: `poll_ready`, `call`, and one poll of the
+/// response future with a no-op waker (every layer here answers at once). This is the
+/// layer's own cost; `oneshot` under `block_on` adds the executor's, which moves the
+/// response several times (a cost that grows with the response type's size).
+fn poll_once<S>(svc: &mut S) -> Result<S::Response, S::Error>
+where
+    S: circuit_tower::Service<Request<Body>>,
+{
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(svc.poll_ready(&mut cx).is_ready());
+    let mut fut = std::pin::pin!(svc.call(req()));
+    match fut.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(res) => res,
+        std::task::Poll::Pending => panic!("every service here answers at once"),
+    }
 }
 
 fn layers(c: &mut Criterion) {
@@ -159,13 +195,7 @@ fn layers(c: &mut Criterion) {
         |b| b.to_async(&rt).iter(|| ours_tsc.clone().oneshot(req())),
     );
 
-    let config = tower_governor::governor::GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
-        .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
-        .finish()
-        .unwrap();
-    let tg = tower_governor::GovernorLayer::<_, _, Body>::new(config).layer(inner());
+    let tg = tower_governor_layer();
     g.bench_function("tower_governor (global key)", |b| {
         b.to_async(&rt).iter(|| tg.clone().oneshot(req()))
     });
@@ -181,11 +211,31 @@ fn layers(c: &mut Criterion) {
         b.to_async(&rt).iter(|| tower_rl.clone().oneshot(req()))
     });
     g.finish();
+
+    // The same services polled directly (see `poll_once`): the layers' own cost.
+    let mut g = c.benchmark_group("ratelimit/layer-poll");
+    let (mut bare, mut plain, mut tsc, mut tg) = (bare, ours_plain, ours_tsc, tg);
+    g.bench_function("no limiter (baseline)", |b| {
+        b.iter(|| black_box(poll_once(&mut bare)))
+    });
+    g.bench_function("stormwall RateLimit (global key, no headers)", |b| {
+        b.iter(|| black_box(poll_once(&mut plain)))
+    });
+    g.bench_function(
+        "stormwall RateLimit (global key, no headers, Clock::tsc)",
+        |b| b.iter(|| black_box(poll_once(&mut tsc))),
+    );
+    g.bench_function("tower_governor (global key)", |b| {
+        b.iter(|| black_box(poll_once(&mut tg)))
+    });
+    g.finish();
 }
 
 /// Runs one case `n` times, for callgrind (`RATELIMIT_CALLGRIND=<case>:<n>`). Cases:
 /// `none` (setup only), `direct`, `direct-tsc`, `governor`, `keyed`, `keyed-tsc`,
-/// `governor-keyed`, `layer-bare`, `layer`, `layer-headers`, `layer-tsc`, `tower-governor`.
+/// `governor-keyed`, `layer-bare`, `layer`, `layer-headers`, `layer-tsc`, `tower-governor`,
+/// `direct-admit`, `direct-tsc-admit`, and the executor-free `poll-bare`, `poll-layer`, `poll-layer-tsc`,
+/// `poll-tower-governor` (see [`poll_once`]).
 fn callgrind(case: &str, n: u64) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -211,13 +261,7 @@ fn callgrind(case: &str, n: u64) {
     let plain = layer(false, Clock::tokio());
     let with_headers = layer(true, Clock::tokio());
     let tsc = layer(false, Clock::tsc());
-    let config = tower_governor::governor::GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
-        .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
-        .finish()
-        .unwrap();
-    let tg = tower_governor::GovernorLayer::<_, _, Body>::new(config).layer(inner());
+    let tg = tower_governor_layer();
     let bare = inner();
     let f = Fixtures {
         direct,
@@ -232,7 +276,7 @@ fn callgrind(case: &str, n: u64) {
         tg,
         bare,
     };
-    callgrind_loop(&rt, &f, case, n);
+    callgrind_case(&rt, &f, case, n);
 }
 
 struct Fixtures<G, K, T> {
@@ -252,12 +296,14 @@ struct Fixtures<G, K, T> {
 type GovDirect = governor::DefaultDirectRateLimiter;
 type GovKeyed = governor::DefaultKeyedRateLimiter<u64>;
 
-/// The measured loop alone: `valgrind --tool=callgrind --collect-atstart=no
-/// --toggle-collect='*callgrind_loop*'` counts only this (no setup, no clock calibration).
-/// Each layer call is one `block_on` (the same for every layer case, the bare service's
-/// included: subtract `layer-bare` for the overhead).
-#[inline(never)]
-fn callgrind_loop<T>(
+/// Picks the case, then runs its measured loop: `valgrind --tool=callgrind
+/// --collect-atstart=no --toggle-collect='*callgrind_loop*'` counts only that loop (no setup,
+/// no clock calibration). Each case is its own copy of [`callgrind_loop`] (a generic function
+/// instantiated per closure), so a change in one case's code does not move another's, and
+/// the loop does not compare the case name per iteration. Each layer call is one `block_on`
+/// (the same for every layer case, the bare service's included: subtract `layer-bare` for
+/// the overhead).
+fn callgrind_case<T>(
     rt: &tokio::runtime::Runtime,
     f: &Fixtures<GovDirect, GovKeyed, T>,
     case: &str,
@@ -266,26 +312,66 @@ fn callgrind_loop<T>(
     T: circuit_tower::Service<Request<Body>> + Clone,
 {
     let mut i = 0u64;
-    let mut next = || {
+    let mut next = move || {
         i = (i + 7919) % 10_000;
         i
     };
-    for _ in 0..n {
-        match case {
-            "none" => {}
-            "direct" => _ = black_box(f.direct.try_acquire(1).is_ok()),
-            "direct-tsc" => _ = black_box(f.direct_tsc.try_acquire(1).is_ok()),
-            "governor" => _ = black_box(f.gov.check().is_ok()),
-            "keyed" => _ = black_box(f.keyed.try_acquire(&next(), 1).is_ok()),
-            "keyed-tsc" => _ = black_box(f.keyed_tsc.try_acquire(&next(), 1).is_ok()),
-            "governor-keyed" => _ = black_box(f.gov_keyed.check_key(&next()).is_ok()),
-            "layer-bare" => _ = black_box(rt.block_on(f.bare.oneshot(req()))),
-            "layer" => _ = black_box(rt.block_on(f.plain.clone().oneshot(req()))),
-            "layer-headers" => _ = black_box(rt.block_on(f.with_headers.clone().oneshot(req()))),
-            "layer-tsc" => _ = black_box(rt.block_on(f.tsc.clone().oneshot(req()))),
-            "tower-governor" => _ = black_box(rt.block_on(f.tg.clone().oneshot(req())).is_ok()),
-            other => panic!("unknown case {other}"),
+    match case {
+        "none" => callgrind_loop(n, || {}),
+        "direct" => callgrind_loop(n, || _ = black_box(f.direct.try_acquire(1).is_ok())),
+        "direct-tsc" => callgrind_loop(n, || _ = black_box(f.direct_tsc.try_acquire(1).is_ok())),
+        "governor" => callgrind_loop(n, || _ = black_box(f.gov.check().is_ok())),
+        "keyed" => callgrind_loop(n, || {
+            _ = black_box(f.keyed.try_acquire(&next(), 1).is_ok());
+        }),
+        "keyed-tsc" => callgrind_loop(n, || {
+            _ = black_box(f.keyed_tsc.try_acquire(&next(), 1).is_ok());
+        }),
+        "governor-keyed" => callgrind_loop(n, || {
+            _ = black_box(f.gov_keyed.check_key(&next()).is_ok());
+        }),
+        "layer-bare" => callgrind_loop(n, || _ = black_box(rt.block_on(f.bare.oneshot(req())))),
+        "layer" => callgrind_loop(n, || {
+            _ = black_box(rt.block_on(f.plain.clone().oneshot(req())));
+        }),
+        "layer-headers" => callgrind_loop(n, || {
+            _ = black_box(rt.block_on(f.with_headers.clone().oneshot(req())));
+        }),
+        "layer-tsc" => callgrind_loop(n, || {
+            _ = black_box(rt.block_on(f.tsc.clone().oneshot(req())));
+        }),
+        "tower-governor" => callgrind_loop(n, || {
+            _ = black_box(rt.block_on(f.tg.clone().oneshot(req())));
+        }),
+        "poll-bare" => {
+            let mut svc = f.bare;
+            callgrind_loop(n, || _ = black_box(poll_once(&mut svc)));
         }
+        "poll-layer" => {
+            let mut svc = f.plain.clone();
+            callgrind_loop(n, || _ = black_box(poll_once(&mut svc)));
+        }
+        "poll-layer-tsc" => {
+            let mut svc = f.tsc.clone();
+            callgrind_loop(n, || _ = black_box(poll_once(&mut svc)));
+        }
+        "poll-tower-governor" => {
+            let mut svc = f.tg.clone();
+            callgrind_loop(n, || _ = black_box(poll_once(&mut svc)));
+        }
+        "direct-admit" => callgrind_loop(n, || _ = black_box(f.direct.try_spend(1).is_ok())),
+        "direct-tsc-admit" => {
+            callgrind_loop(n, || _ = black_box(f.direct_tsc.try_spend(1).is_ok()));
+        }
+        other => panic!("unknown case {other}"),
+    }
+}
+
+/// The measured loop of one case.
+#[inline(never)]
+fn callgrind_loop(n: u64, mut call: impl FnMut()) {
+    for _ in 0..n {
+        call();
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use stormwall_core::time::Instant;
+use stormwall_core::time::{Epoch, Instant};
 
 /// Where a limiter (a [`RateLimitLayer`](crate::RateLimitLayer), a [`Limiter`](crate::Limiter),
 /// a [`DirectLimiter`](crate::DirectLimiter)) reads the current time.
@@ -65,7 +65,7 @@ impl fmt::Debug for Clock {
 /// A clock and a starting point on it: counts nanoseconds from the starting point.
 #[derive(Debug, Clone)]
 pub(crate) enum Ticker {
-    Tokio(Instant),
+    Tokio(Epoch),
     Tsc(quanta::Clock, u64),
 }
 
@@ -75,18 +75,18 @@ impl Ticker {
     #[inline]
     pub(crate) fn nanos(&self) -> u64 {
         match self {
-            Self::Tokio(epoch) => nanos_between(*epoch, Instant::now()),
+            Self::Tokio(epoch) => epoch.elapsed_nanos().min(u64::MAX / 2) + 1,
             Self::Tsc(clock, raw) => clock.delta_as_nanos(*raw, clock.raw()).saturating_add(1),
         }
     }
 }
 
 /// Nanoseconds since a fixed epoch (an [`InMemoryStore`](crate::InMemoryStore)'s), read
-/// without building an [`Instant`] on the TSC clock: equal to
-/// `nanos_between(epoch, clock.now())`.
+/// without building an [`Instant`] on the TSC clock: equal to the
+/// nanoseconds from the epoch to `clock.now()`, plus one.
 #[derive(Debug, Clone)]
 pub(crate) enum EpochTicker {
-    Tokio(Instant),
+    Tokio(Epoch),
     Tsc {
         clock: quanta::Clock,
         base_raw: u64,
@@ -100,7 +100,7 @@ impl EpochTicker {
     #[inline]
     pub(crate) fn nanos(&self) -> u64 {
         match self {
-            Self::Tokio(epoch) => nanos_between(*epoch, Instant::now()),
+            Self::Tokio(epoch) => epoch.elapsed_nanos().min(u64::MAX / 2) + 1,
             Self::Tsc {
                 clock,
                 base_raw,
@@ -119,7 +119,7 @@ impl Clock {
     /// A ticker counting nanoseconds since `epoch` on this clock (see [`EpochTicker`]).
     pub(crate) fn since(&self, epoch: Instant) -> EpochTicker {
         match &self.0 {
-            Repr::Tokio => EpochTicker::Tokio(epoch),
+            Repr::Tokio => EpochTicker::Tokio(Epoch::new(epoch)),
             Repr::Tsc(t) => {
                 let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2);
                 EpochTicker::Tsc {
@@ -169,21 +169,20 @@ impl Clock {
     /// A ticker counting from now on this clock.
     pub(crate) fn ticker(&self) -> Ticker {
         match &self.0 {
-            Repr::Tokio => Ticker::Tokio(Instant::now()),
+            Repr::Tokio => Ticker::Tokio(Epoch::now()),
             Repr::Tsc(t) => Ticker::Tsc(t.clock.clone(), t.clock.raw()),
         }
     }
 }
 
-/// Nanoseconds from `epoch` to `now`, plus one, saturating.
-#[inline]
-pub(crate) fn nanos_between(epoch: Instant, now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX / 2) + 1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference: nanoseconds from `epoch` to `now` by `Instant` arithmetic, plus one.
+    fn nanos_between(epoch: Instant, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX / 2) + 1
+    }
 
     #[tokio::test(start_paused = true)]
     async fn tokio_clock_follows_pause_and_tsc_does_not() {

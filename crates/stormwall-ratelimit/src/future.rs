@@ -61,8 +61,10 @@ pin_project! {
         S: Service<Request<ReqB>>,
         St: Store,
     {
-        // The shared state and the decision only when the response gets headers.
-        Fast { #[pin] fut: S::Future, deco: Option<Deco<St>> },
+        // Admitted, no headers to add: the inner future alone.
+        Fast { #[pin] fut: S::Future },
+        // Admitted, with the shared state and the decision for the response's headers.
+        Decorated { #[pin] fut: S::Future, deco: Deco<St> },
         // Boxed: rejections are the rare path, and keeping them small keeps every admitted
         // request's future small (it is moved a few times).
         Rejected { rejected: Box<(Arc<Shared<St>>, bool, RejectReason, Duration, Option<Decision>)> },
@@ -90,7 +92,10 @@ where
 {
     pub(crate) fn fast(fut: S::Future, deco: Option<Deco<St>>) -> Self {
         Self {
-            kind: Kind::Fast { fut, deco },
+            kind: match deco {
+                None => Kind::Fast { fut },
+                Some(deco) => Kind::Decorated { fut, deco },
+            },
         }
     }
 
@@ -165,16 +170,13 @@ where
             // The admitted path returns at once, without moving to `Done` (no drop, no
             // write): polling again after completion polls the inner future again, which the
             // `Future` contract leaves unspecified (it may panic), as it does here.
-            KindProj::Fast { fut, deco } => {
-                let res = ready!(fut.poll(cx))?;
-                return Poll::Ready(Ok(match deco.take() {
-                    Some(deco) => {
-                        let (mut parts, body) = res.into_parts();
-                        decorate(&deco.shared, Some(&deco.decision()), &mut parts.headers);
-                        Response::from_parts(parts, ResponseBody::inner(body))
-                    }
-                    None => res.map(ResponseBody::inner),
-                }));
+            KindProj::Fast { fut } => {
+                return Poll::Ready(Ok(ready!(fut.poll(cx))?.map(ResponseBody::inner)));
+            }
+            KindProj::Decorated { fut, deco } => {
+                let (mut parts, body) = ready!(fut.poll(cx))?.into_parts();
+                decorate(&deco.shared, Some(&deco.decision()), &mut parts.headers);
+                return Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::inner(body))));
             }
             KindProj::Rejected { rejected } => {
                 let (shared, grpc, reason, retry, decision) = &**rejected;
@@ -195,7 +197,7 @@ where
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
-            Kind::Fast { .. } => "admitted",
+            Kind::Fast { .. } | Kind::Decorated { .. } => "admitted",
             Kind::Rejected { .. } => "rejected",
             Kind::Slow { .. } => "waiting or deciding",
             Kind::Done => "done",

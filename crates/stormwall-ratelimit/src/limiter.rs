@@ -269,6 +269,38 @@ impl DirectLimiter {
         self.try_acquire_at(self.ticker.nanos(), cost)
     }
 
+    /// Spends `cost` units now if they are available: `Ok(())`, or `Err(retry_after)`, the
+    /// exact wait until the same request would be admitted ([`Duration::MAX`] if it never
+    /// can be, zero if another caller gave units back meanwhile). The decision of
+    /// [`try_acquire`](Self::try_acquire) without its figures (remaining units, reset), for
+    /// callers that only need yes or no, like `governor`'s `check`: one compare-and-swap and
+    /// no figures computed when admitted.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stormwall_ratelimit::{DirectLimiter, Quota};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = DirectLimiter::new(Quota::per_second(2).unwrap());
+    /// assert_eq!(limiter.try_spend(2), Ok(()));
+    /// assert_eq!(limiter.try_spend(1), Err(Duration::from_millis(500)));
+    /// assert_eq!(limiter.try_spend(3), Err(Duration::MAX)); // more than the burst
+    /// # }
+    /// ```
+    #[inline]
+    pub fn try_spend(&self, cost: u64) -> Result<(), Duration> {
+        let now = self.ticker.nanos();
+        if self.cell.admit(&self.quota, now, cost) {
+            Ok(())
+        } else {
+            Err(self
+                .cell
+                .decide(&self.quota, now, cost, false, false)
+                .retry_after)
+        }
+    }
+
     /// Decides `cost` units at `now` (nanoseconds since the limiter's creation).
     #[inline]
     pub fn try_acquire_at(&self, now: u64, cost: u64) -> Result<Decision, Decision> {

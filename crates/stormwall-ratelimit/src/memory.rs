@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
-use stormwall_core::time::Instant;
+use stormwall_core::time::{Epoch, Instant};
 
 use crate::algorithm::{Algorithm, Decision, FixedWindow, Gcra, SlidingCounter, SlidingLog};
 use crate::cell::GcraCell;
@@ -74,7 +74,7 @@ pub struct InMemoryStore {
 
 struct Inner {
     map: DashMap<(u32, LimitKey), Slot, foldhash::fast::RandomState>,
-    epoch: Instant,
+    epoch: Epoch,
     max_keys: usize,
     at_capacity: AtCapacity,
     sweep_interval: u64,
@@ -175,14 +175,15 @@ impl Slot {
     fn decide(&self, c: &LimitCheck<'_>, now: u64, commit: bool) -> (Decision, u64) {
         let q = &c.quota;
         match self {
-            Self::Tat(tat) => {
-                let leaky = c.algorithm == Algorithm::LeakyBucket;
-                (tat.decide(q, now, c.cost, commit, leaky), now)
+            // Each algorithm gets its own copy of the CAS loop (constant `leaky`).
+            Self::Tat(tat) if c.algorithm == Algorithm::LeakyBucket => {
+                (tat.decide(q, now, c.cost, commit, true), now)
             }
-            Self::Pinned(p) => {
-                let leaky = c.algorithm == Algorithm::LeakyBucket;
-                (p.cell.decide(q, now, c.cost, commit, leaky), now)
+            Self::Tat(tat) => (tat.decide(q, now, c.cost, commit, false), now),
+            Self::Pinned(p) if c.algorithm == Algorithm::LeakyBucket => {
+                (p.cell.decide(q, now, c.cost, commit, true), now)
             }
+            Self::Pinned(p) => (p.cell.decide(q, now, c.cost, commit, false), now),
             Self::Log(m) => {
                 let mut g = m.lock();
                 g.1 = *q;
@@ -271,7 +272,7 @@ impl InMemoryStore {
                 // foldhash, seeded per map: much cheaper than SipHash for the small keys here
                 // (IPs, integers, short strings), and a random seed keeps collisions unguessable.
                 map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
-                epoch: Instant::now(),
+                epoch: Epoch::now(),
                 max_keys,
                 at_capacity,
                 sweep_interval: u64::try_from(sweep.as_nanos()).unwrap_or(u64::MAX),
@@ -320,14 +321,12 @@ impl InMemoryStore {
 
     /// The instant the store counts time from.
     pub(crate) fn epoch(&self) -> Instant {
-        self.inner.epoch
+        self.inner.epoch.instant()
     }
 
     pub(crate) fn nanos(&self, now: Instant) -> u64 {
         // +1 so that a fresh state (0) is always "in the past".
-        u64::try_from(now.saturating_duration_since(self.inner.epoch).as_nanos())
-            .unwrap_or(u64::MAX / 2)
-            + 1
+        self.inner.epoch.nanos_to(now).min(u64::MAX / 2) + 1
     }
 
     /// Removes every idle key (one whose state equals a fresh key's); returns how many.

@@ -252,10 +252,29 @@ impl LimitId {
 /// assert_eq!(LimitKey::from_key(&String::from("alice")).to_string(), "s:alice");
 /// assert_eq!(LimitKey::from_key(&(1u8, 'x')).to_string(), "d:(1, 'x')");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitKey(Repr);
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// One hasher write per key (two for IPv6, a slice for strings) instead of the derived
+/// discriminant-then-fields sequence: the in-memory store hashes a key on every decision.
+/// Keys of different kinds may hash alike (`U64(1)` and `Global`, say); equality tells them
+/// apart, and equal keys always hash alike.
+impl std::hash::Hash for LimitKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match &self.0 {
+            Repr::Global => state.write_u8(0),
+            Repr::Unkeyed => state.write_u8(1),
+            Repr::Overflow => state.write_u8(2),
+            Repr::Ip(IpAddr::V4(ip)) => state.write_u32(u32::from(*ip)),
+            Repr::Ip(IpAddr::V6(ip)) => state.write_u128(u128::from(*ip)),
+            Repr::U64(n) => state.write_u64(*n),
+            Repr::Str(s) | Repr::Debug(s) => state.write(s.as_bytes()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Repr {
     Global,
     Unkeyed,
@@ -396,3 +415,51 @@ pub(crate) fn unlimited() -> Decision {
 
 // Keys must be cheap to hash; keep the representation small.
 const _: () = assert!(size_of::<LimitKey>() <= 24);
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::{Limiter, Quota};
+
+    fn hash(k: &LimitKey) -> u64 {
+        foldhash::fast::FixedState::with_seed(7).hash_one(k)
+    }
+
+    /// Equal keys hash alike (the one rule a manual `Hash` must keep), and keys of different
+    /// kinds whose hashed words coincide (`0u64`, `()`, `0.0.0.0`, `::`, `""`) keep separate
+    /// quota in a store.
+    #[tokio::test(start_paused = true)]
+    async fn keys_hash_by_value_and_stay_distinct() {
+        let v4 = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let v6 = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let keys = [
+            LimitKey::from_key(&0u64),
+            LimitKey::from_key(&()),
+            LimitKey::from_key(&v4),
+            LimitKey::from_key(&v6),
+            LimitKey::from_key(&String::new()),
+            LimitKey::from_key(&(0u8,)),
+        ];
+        for k in &keys {
+            assert_eq!(hash(k), hash(&k.clone()));
+        }
+        assert_eq!(
+            hash(&LimitKey::from_key(&String::from("alice"))),
+            hash(&LimitKey::from_key(&Arc::<str>::from("alice")))
+        );
+        let limiter = Limiter::new("one", Quota::per_second(1).unwrap());
+        assert!(limiter.try_acquire(&0u64, 1).is_ok());
+        assert!(limiter.try_acquire(&(), 1).is_ok());
+        assert!(limiter.try_acquire(&v4, 1).is_ok());
+        assert!(limiter.try_acquire(&v6, 1).is_ok());
+        assert!(limiter.try_acquire(&String::new(), 1).is_ok());
+        assert!(
+            limiter.try_acquire(&0u64, 1).is_err(),
+            "each key has its own quota"
+        );
+        assert!(limiter.try_acquire(&v6, 1).is_err());
+    }
+}

@@ -3,6 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Waker};
 
 use parking_lot::Mutex;
@@ -12,6 +13,9 @@ type Pos = (Reverse<u8>, u64);
 #[derive(Debug)]
 pub(crate) struct WaitQueue {
     inner: Mutex<Inner>,
+    /// `inner.len`, readable without the lock: every admitted request in wait mode asks
+    /// whether anyone waits, and almost always nobody does.
+    waiting: AtomicUsize,
     capacity: usize,
 }
 
@@ -34,16 +38,20 @@ impl WaitQueue {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
+            waiting: AtomicUsize::new(0),
             capacity,
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.inner.lock().len
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// Whether someone already waits for this key combination.
     pub(crate) fn has_waiters(&self, key: u64) -> bool {
+        if self.len() == 0 {
+            return false;
+        }
         let inner = self.inner.lock();
         inner.len > 0 && inner.queues.contains_key(&key)
     }
@@ -56,6 +64,7 @@ impl WaitQueue {
         }
         inner.seq += 1;
         inner.len += 1;
+        self.waiting.store(inner.len, Ordering::Release);
         let pos = (Reverse(priority), inner.seq);
         let q = inner.queues.entry(key).or_default();
         // A new head (higher priority than everyone waiting) must be told to go; the old
@@ -108,6 +117,7 @@ impl Drop for Ticket {
             inner.queues.remove(&self.key);
         }
         inner.len -= 1;
+        self.queue.waiting.store(inner.len, Ordering::Release);
         drop(inner);
         if let Some(w) = next {
             w.wake();

@@ -23,6 +23,9 @@ pub(crate) struct ProxyConfig {
     /// The upstream base URL (`http://` or `https://host:port`, optionally with a path prefix).
     #[serde(deserialize_with = "de_upstream")]
     pub(crate) upstream: Uri,
+    /// The HTTP version spoken to the upstream (default `http1`); kept with its place in the
+    /// file for the error naming its line.
+    pub(crate) upstream_version: Option<toml::Spanned<UpstreamVersion>>,
     /// The admin address (`/health`, `/metrics`); none when absent.
     pub(crate) admin: Option<SocketAddr>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT (default 10 s).
@@ -41,6 +44,20 @@ pub(crate) struct ProxyConfig {
     /// `[[route]]`: per-route overrides by path prefix and method.
     #[serde(default)]
     pub(crate) route: Vec<RouteConfig>,
+}
+
+/// `upstream_version`: the HTTP version the proxy speaks to the upstream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum UpstreamVersion {
+    /// HTTP/1.1 only (the default); an `https://` upstream is offered only `http/1.1` by ALPN.
+    #[default]
+    Http1,
+    /// `https://` upstreams only: offer `h2` and `http/1.1` by ALPN and speak what the
+    /// upstream picks (HTTP/1.1 when it picks nothing).
+    Auto,
+    /// HTTP/2 only: `h2` by ALPN on `https://`, prior knowledge (h2c) on `http://`.
+    Http2,
 }
 
 /// `[tls]`: the listener's certificate chain and private key (PEM files).
@@ -212,6 +229,20 @@ impl ProxyConfig {
     /// merged over the global ones here (the merged sections replace the route's).
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let mut config: Self = toml::from_str(text).map_err(|e| e.to_string().trim().to_owned())?;
+        if let Some(version) = &config.upstream_version
+            && *version.get_ref() == UpstreamVersion::Auto
+            && config.upstream.scheme_str() != Some("https")
+        {
+            let line = text[..version.span().start.min(text.len())]
+                .matches('\n')
+                .count()
+                + 1;
+            return Err(format!(
+                "upstream_version (line {line}): `auto` negotiates the version by TLS ALPN and \
+                 needs an https:// upstream; use `http2` for HTTP/2 with prior knowledge (h2c) \
+                 or `http1`"
+            ));
+        }
         if config.route.is_empty() {
             return Ok(config);
         }
@@ -340,6 +371,13 @@ impl ProxyConfig {
             outbound,
             shared_limits,
         })
+    }
+
+    /// The configured upstream HTTP version or the default (`http1`).
+    pub(crate) fn upstream_version(&self) -> UpstreamVersion {
+        self.upstream_version
+            .as_ref()
+            .map_or(UpstreamVersion::default(), |v| *v.get_ref())
     }
 
     /// The configured shutdown timeout or the default.
@@ -550,6 +588,29 @@ mod tests {
         assert!(parse_upstream("https://example.com").is_ok());
         assert!(parse_upstream("ws://example.com").is_err());
         assert!(parse_upstream("http://example.com/api").is_ok());
+    }
+
+    #[test]
+    fn upstream_version_is_parsed_and_checked() {
+        assert_eq!(
+            ProxyConfig::parse(MINIMAL).unwrap().upstream_version(),
+            UpstreamVersion::Http1
+        );
+        let config =
+            ProxyConfig::parse(&format!("{MINIMAL}upstream_version = \"http2\"\n")).unwrap();
+        assert_eq!(config.upstream_version(), UpstreamVersion::Http2);
+        let text = "listen = \"127.0.0.1:8080\"\nupstream = \"https://127.0.0.1:9000\"\n\
+                    upstream_version = \"auto\"\n";
+        let config = ProxyConfig::parse(text).unwrap();
+        assert_eq!(config.upstream_version(), UpstreamVersion::Auto);
+        let err = ProxyConfig::parse(&format!("{MINIMAL}upstream_version = \"h3\"\n")).unwrap_err();
+        assert!(
+            err.contains("upstream_version") && err.contains("line 3"),
+            "{err}"
+        );
+        let err =
+            ProxyConfig::parse(&format!("{MINIMAL}upstream_version = \"auto\"\n")).unwrap_err();
+        assert!(err.contains("upstream_version (line 3)"), "{err}");
     }
 
     #[test]

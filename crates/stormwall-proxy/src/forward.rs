@@ -20,7 +20,7 @@ use stormwall::core::BoxError;
 use stormwall::core::key::PeerAddr;
 use stormwall::ratelimit::RateLimitLayer;
 
-use crate::config::{Loaded, RedisConfig, Stacks, path_matches};
+use crate::config::{Loaded, RedisConfig, Stacks, UpstreamVersion, path_matches};
 use tower::util::{BoxCloneSyncService, Oneshot, ServiceExt};
 use tower::{Layer, service_fn};
 
@@ -38,11 +38,16 @@ pub(crate) struct Target {
     scheme: Scheme,
     authority: Authority,
     prefix: String,
+    /// The upstream speaks only HTTP/2: a client's `TE: trailers` is passed on (the one `TE`
+    /// value HTTP/2 allows; gRPC needs it).
+    te_trailers: bool,
 }
 
 impl Target {
-    pub(crate) fn new(upstream: &Uri) -> Self {
+    /// The target for `upstream`, spoken to in `version`.
+    pub(crate) fn new(upstream: &Uri, version: UpstreamVersion) -> Self {
         Self {
+            te_trailers: version == UpstreamVersion::Http2,
             scheme: upstream.scheme().cloned().unwrap_or(Scheme::HTTP),
             authority: upstream
                 .authority()
@@ -222,7 +227,11 @@ pub(crate) fn prepare_request(req: &mut Request<Body>, target: &Target) -> Resul
     *req.uri_mut() = target.rewrite(req.uri())?;
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
+    let te_trailers = target.te_trailers && asks_for_trailers(headers);
     strip_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(element) = forwarded
         && let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(element))
     {
@@ -232,8 +241,24 @@ pub(crate) fn prepare_request(req: &mut Request<Body>, target: &Target) -> Resul
     Ok(())
 }
 
+/// Whether the client's `TE` lists `trailers`.
+fn asks_for_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
+
 /// Cleans an upstream response before it goes back to the client.
 fn prepare_response(res: &mut Response<Body>) {
+    // An HTTP/2 upstream's response goes to the client in the client's version.
+    *res.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(res.headers_mut());
     append_list(
         res.headers_mut(),
@@ -291,37 +316,51 @@ fn forward_one(upstream: Upstream, target: &Target, mut req: Request<Body>) -> F
 }
 
 /// The upstream HTTP client: plain, or HTTPS through rustls when `tls` is given (the
-/// connector then still accepts `http://` URIs).
-pub(crate) fn client(tls: Option<rustls::ClientConfig>) -> Upstream {
-    let executor = TokioExecutor::new();
+/// connector then still accepts `http://` URIs), in `version`: HTTP/1.1, HTTP/2 with prior
+/// knowledge (h2c) or by ALPN, or (HTTPS) whichever the upstream picks by ALPN.
+///
+/// A plain `http://` upstream in HTTP/1.1 (the default) gets the lean pool of
+/// [`crate::pool::Http1Pool`] instead of the hyper-util client.
+pub(crate) fn client(
+    target: &Target,
+    tls: Option<rustls::ClientConfig>,
+    version: UpstreamVersion,
+) -> Upstream {
+    if tls.is_none() && version == UpstreamVersion::Http1 {
+        return BoxCloneSyncService::new(crate::pool::Http1Pool::new(&target.authority));
+    }
+    let mut builder = Client::builder(TokioExecutor::new());
+    if version == UpstreamVersion::Http2 {
+        builder.http2_only(true);
+    }
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
     match tls {
-        None => {
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
-            let client: Client<HttpConnector, Body> = Client::builder(executor).build(http);
-            BoxCloneSyncService::new(
-                client
-                    .map_response(|res| res.map(boxed))
-                    .map_err(|e| -> BoxError { Box::new(e) }),
-            )
-        }
+        None => boxed_client(builder.build::<_, Body>(http)),
         Some(config) => {
-            let mut http = HttpConnector::new();
-            http.set_nodelay(true);
             http.enforce_http(false);
             let https = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config)
-                .https_or_http()
-                .enable_http1()
-                .wrap_connector(http);
-            let client: Client<_, Body> = Client::builder(executor).build(https);
-            BoxCloneSyncService::new(
-                client
-                    .map_response(|res| res.map(boxed))
-                    .map_err(|e| -> BoxError { Box::new(e) }),
-            )
+                .https_or_http();
+            let https = match version {
+                UpstreamVersion::Http1 => https.enable_http1().wrap_connector(http),
+                UpstreamVersion::Http2 => https.enable_http2().wrap_connector(http),
+                UpstreamVersion::Auto => https.enable_all_versions().wrap_connector(http),
+            };
+            boxed_client(builder.build::<_, Body>(https))
         }
     }
+}
+
+fn boxed_client<C>(client: Client<C, Body>) -> Upstream
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    BoxCloneSyncService::new(
+        client
+            .map_response(|res| res.map(boxed))
+            .map_err(|e| -> BoxError { Box::new(e) }),
+    )
 }
 
 /// One chain: (shared limits →) inbound stack → forwarding → outbound stack → `client`.
@@ -436,8 +475,40 @@ mod tests {
     }
 
     #[test]
+    fn te_trailers_goes_only_to_an_http2_upstream() {
+        let request = || {
+            Request::builder()
+                .uri("/x")
+                .header(header::TE, "gzip, Trailers;q=1")
+                .header(header::CONNECTION, "te, upgrade")
+                .header(header::UPGRADE, "h2c")
+                .body(boxed(Full::new(Bytes::new())))
+                .unwrap()
+        };
+        let upstream: Uri = "http://127.0.0.1:9000".parse().unwrap();
+        let mut req = request();
+        prepare_request(&mut req, &Target::new(&upstream, UpstreamVersion::Http2)).unwrap();
+        assert_eq!(req.headers()[header::TE], "trailers");
+        assert!(req.headers().get(header::CONNECTION).is_none());
+        assert!(req.headers().get(header::UPGRADE).is_none());
+        for version in [UpstreamVersion::Http1, UpstreamVersion::Auto] {
+            let mut req = request();
+            prepare_request(&mut req, &Target::new(&upstream, version)).unwrap();
+            assert!(req.headers().get(header::TE).is_none(), "{version:?}");
+        }
+        let mut req = request();
+        req.headers_mut()
+            .insert(header::TE, HeaderValue::from_static("gzip"));
+        prepare_request(&mut req, &Target::new(&upstream, UpstreamVersion::Http2)).unwrap();
+        assert!(req.headers().get(header::TE).is_none());
+    }
+
+    #[test]
     fn uri_is_rewritten_with_prefix_and_query() {
-        let target = Target::new(&"http://127.0.0.1:9000/api/".parse().unwrap());
+        let target = Target::new(
+            &"http://127.0.0.1:9000/api/".parse().unwrap(),
+            UpstreamVersion::Http1,
+        );
         let uri = target
             .rewrite(&"/v1/items?x=1&y=2".parse().unwrap())
             .unwrap();
@@ -445,7 +516,7 @@ mod tests {
             uri.to_string(),
             "http://127.0.0.1:9000/api/v1/items?x=1&y=2"
         );
-        let target = Target::new(&"http://10.0.0.1".parse().unwrap());
+        let target = Target::new(&"http://10.0.0.1".parse().unwrap(), UpstreamVersion::Http1);
         assert_eq!(target.socket_authority(), "10.0.0.1:80");
         let uri = target
             .rewrite(&"http://client.example/a".parse().unwrap())
@@ -464,7 +535,10 @@ mod tests {
             .unwrap();
         req.extensions_mut()
             .insert(PeerAddr("[::1]:5000".parse().unwrap()));
-        let target = Target::new(&"http://127.0.0.1:9000".parse().unwrap());
+        let target = Target::new(
+            &"http://127.0.0.1:9000".parse().unwrap(),
+            UpstreamVersion::Http1,
+        );
         prepare_request(&mut req, &target).unwrap();
         assert_eq!(
             req.headers()[header::FORWARDED],

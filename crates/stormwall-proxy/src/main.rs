@@ -7,11 +7,13 @@
 //!
 //! It listens on `listen` (HTTP, or HTTPS with `[tls]`; HTTP/1.1 and HTTP/2 from clients),
 //! forwards every request to `upstream` (`http://`, or `https://` through rustls; HTTP/1.1 to
-//! the upstream), preserving the method, path, query and headers minus the hop-by-hop ones
-//! (`Connection` and the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`,
-//! `Transfer-Encoding`, `Upgrade`), and adds `Forwarded: for=…;proto=http|https;host=…` and
-//! `Via: 1.1 stormwall`. Bodies are streamed unless a configured layer (cache, coalescing)
-//! needs them buffered. Upstream errors become `502 Bad Gateway`.
+//! the upstream by default, HTTP/2 by ALPN or with prior knowledge with `upstream_version`),
+//! preserving the method, path, query and headers minus the hop-by-hop ones (`Connection` and
+//! the headers it names, `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`,
+//! `Upgrade`), and adds `Forwarded: for=…;proto=http|https;host=…` and `Via: 1.1 stormwall`.
+//! Bodies are streamed unless a configured layer (cache, coalescing) needs them buffered.
+//! Upstream errors become `502 Bad Gateway`. Upstream connections are kept alive and reused
+//! (idle ones for up to 90 s).
 //!
 //! # Configuration
 //!
@@ -20,6 +22,13 @@
 //! upstream = "https://api.partner.example/v2"  # http:// or https://; a path prefix is kept
 //! admin = "127.0.0.1:9090"             # /health and /metrics (optional)
 //! shutdown_timeout = "10s"             # grace period for in-flight requests (default 10s)
+//! # The HTTP version spoken to the upstream:
+//! #   "http1" (default) HTTP/1.1 only (an https:// upstream is offered only http/1.1 by ALPN)
+//! #   "auto"            https:// only: offer h2 and http/1.1 by ALPN, speak what it picks
+//! #   "http2"           HTTP/2 only: h2 by ALPN on https://, prior knowledge (h2c) on http://
+//! # Over HTTP/2 all requests share one multiplexed connection; hop-by-hop headers are never
+//! # sent, except `TE: trailers` (gRPC) with "http2" when the client sent it.
+//! upstream_version = "http1"
 //!
 //! # HTTPS on `listen` (optional): PEM certificate chain (leaf first) and private key.
 //! [tls]
@@ -52,6 +61,7 @@
 //! per_second = 50
 //! burst = 100
 //! key = "peer_ip"          # or "client_ip" with trusted_proxies, "header", "global"
+//! clock = "tsc"            # the CPU's time-stamp counter: cheaper reads (default "tokio")
 //!
 //! # The outbound stack around the upstream client (stormwall::config::OutboundConfig).
 //! # Absent: a plain client.
@@ -105,8 +115,10 @@
 mod admin;
 mod config;
 mod forward;
+mod pool;
 mod server;
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use config::ProxyConfig;
@@ -190,6 +202,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: not in files, pipes or a journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     // The recorder must be installed before the stacks are built: layers register their

@@ -34,8 +34,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the proxy until SIGTERM/SIGINT, then drains in-flight requests.
 pub(crate) async fn run(mut loaded: Loaded, metrics: PrometheusHandle) -> Result<(), String> {
-    let target = Target::new(&loaded.config.upstream);
-    let client = forward::client(loaded.tls.upstream.take());
+    let version = loaded.config.upstream_version();
+    let target = Target::new(&loaded.config.upstream, version);
+    let client = forward::client(&target, loaded.tls.upstream.take(), version);
     let redis = loaded.config.redis.clone();
     let service = forward::build(&target, &client, &loaded, redis.as_ref())?;
     let breakers = forward::breakers(&loaded);
@@ -78,6 +79,7 @@ pub(crate) async fn run(mut loaded: Loaded, metrics: PrometheusHandle) -> Result
         listen = %config.listen,
         tls = tls.is_some(),
         upstream = %config.upstream,
+        upstream_version = ?version,
         admin = ?config.admin,
         routes = config.route.len(),
         "stormwall-proxy started"

@@ -116,8 +116,13 @@ async fn echo(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::from(out)));
     res.headers_mut()
         .insert("x-origin", http::HeaderValue::from_static("echo"));
-    res.headers_mut()
-        .insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+    // The version the origin was spoken to in (`HTTP/1.1`, `HTTP/2.0`).
+    let version = http::HeaderValue::from_str(&format!("{:?}", parts.version)).unwrap();
+    res.headers_mut().insert("x-origin-version", version);
+    if parts.version < http::Version::HTTP_2 {
+        res.headers_mut()
+            .insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+    }
     res
 }
 
@@ -226,7 +231,8 @@ async fn inbound_limit_answers_429_with_headers_and_metrics_show_it() {
     let origin = echo_origin().await;
     let proxy = Proxy::start(
         origin.addr(),
-        "[inbound]\nstandard = false\n[inbound.rate_limit]\nper_second = 0.1\nburst = 2\nkey = \"peer_ip\"\n",
+        // The TSC clock, as a production proxy would run it (the binary's real clock).
+        "[inbound]\nstandard = false\n[inbound.rate_limit]\nper_second = 0.1\nburst = 2\nkey = \"peer_ip\"\nclock = \"tsc\"\n",
     )
     .await;
     let mut statuses = Vec::new();
@@ -393,6 +399,16 @@ fn config_errors_exit_2_naming_the_field_and_line() {
             "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\n[redis]\nurl = \"http://127.0.0.1:6379\"\n",
             "redis.url",
             None,
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\nupstream_version = \"h3\"\n",
+            "upstream_version",
+            Some("line 3"),
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"\nupstream = \"http://127.0.0.1:9000\"\nupstream_version = \"auto\"\n",
+            "upstream_version",
+            Some("line 3"),
         ),
     ];
     for (i, (text, field, line)) in cases.into_iter().enumerate() {
@@ -763,6 +779,372 @@ async fn https_upstream_is_verified_against_the_configured_ca() {
     let (res, _) = get(&untrusting.url("/v1/x")).await;
     assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+    task.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream HTTP/1.1 connections: reuse, and the origin closing them.
+
+/// An HTTP/1.1 echo origin (`/empty` answers 204 without a body) that counts its connections;
+/// with `keep_alive` false it closes each connection after one response.
+async fn h1_origin(keep_alive: bool) -> (SocketAddr, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicU64::new(0));
+    let conns = connections.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            conns.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() == "/empty" {
+                        let mut res = Response::new(Full::default());
+                        *res.status_mut() = StatusCode::NO_CONTENT;
+                        return Ok::<_, std::convert::Infallible>(res);
+                    }
+                    Ok(echo(req).await)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(keep_alive)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, connections, task)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_replaced_when_the_origin_closes_them() {
+    let (origin, connections, task) = h1_origin(true).await;
+    let proxy = Proxy::start(origin, "").await;
+    // Sequential requests, with and without response bodies, share one connection.
+    for path in ["/a?x=1", "/empty", "/b", "/empty", "/c"] {
+        let (res, body) = send(
+            Request::put(proxy.url(path))
+                .body(Full::new(Bytes::from_static(b"payload")))
+                .unwrap(),
+        )
+        .await;
+        if path == "/empty" {
+            assert_eq!(res.status(), StatusCode::NO_CONTENT);
+            assert!(body.is_empty());
+        } else {
+            assert_eq!(res.status(), StatusCode::OK);
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.starts_with(&format!("PUT {path}\n")), "{text}");
+            assert!(text.contains(&format!("host: {origin}\n")), "{text}");
+            assert!(text.ends_with("\n\npayload"), "{text}");
+        }
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    task.abort();
+
+    // An origin closing every connection after its response: each request gets a new one.
+    let (origin, connections, task) = h1_origin(false).await;
+    let proxy = Proxy::start(origin, "").await;
+    for i in 0..4 {
+        let (res, body) = get(&proxy.url(&format!("/n/{i}"))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(String::from_utf8_lossy(&body).starts_with(&format!("GET /n/{i}\n")));
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 4);
+    task.abort();
+}
+
+/// Reads from `stream` until the end of a request head; false on EOF or error.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_connection_still_sending_a_request_body_is_not_waited_for() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A raw origin: on its first connection it answers `early` as soon as the head has
+    // arrived and then keeps reading the (never finished) request body; on the others it
+    // answers `ok` to every request.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let early = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                if early {
+                    if read_head(&mut stream).await {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+                            .await;
+                        let mut sink = [0u8; 4096];
+                        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                    }
+                    return;
+                }
+                while read_head(&mut stream).await {
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = Proxy::start(origin, "").await;
+    // A client starting a large upload and then stalling: the origin's early answer comes
+    // back while the proxy's upstream connection is still waiting for the rest of the body.
+    let mut uploader = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    uploader
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\npartial")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.ends_with(b"early") {
+        let n = tokio::time::timeout(Duration::from_secs(20), uploader.read(&mut buf))
+            .await
+            .expect("early answer within 20 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200 OK"));
+    // The next requests do not wait for that upload to finish.
+    for _ in 0..3 {
+        let (res, body) = get(&proxy.url("/next")).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(&body[..], b"ok");
+    }
+    drop(uploader);
+    task.abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/2 upstreams: by TLS ALPN and with prior knowledge (h2c).
+
+/// An HTTP/2-only echo origin, over TLS with ALPN `h2` when `tls` is given, else h2c. Counts
+/// its connections and its requests.
+async fn h2_origin(
+    tls: Option<rustls::ServerConfig>,
+) -> (
+    SocketAddr,
+    Arc<AtomicU64>,
+    Arc<AtomicU64>,
+    tokio::task::JoinHandle<()>,
+) {
+    let acceptor = tls.map(|mut config| {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connections, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (conns, reqs) = (connections.clone(), requests.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            conns.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            let reqs = reqs.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    reqs.fetch_add(1, Ordering::SeqCst);
+                    async move { Ok::<_, std::convert::Infallible>(echo(req).await) }
+                });
+                let h2 =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        if tls.get_ref().1.alpn_protocol() != Some(&b"h2"[..]) {
+                            return;
+                        }
+                        let _ = h2
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                            .await;
+                    }
+                    None => {
+                        let _ = h2
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, requests, task)
+}
+
+/// A request with a body, a query, an end-to-end header and every kind of hop-by-hop one.
+fn h2_probe(url: &str) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("x-custom", "kept")
+        .header("connection", "keep-alive, x-drop-me, te")
+        .header("x-drop-me", "secret")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("te", "trailers, deflate")
+        .header("upgrade", "websocket")
+        .body(Full::new(Bytes::from_static(b"hello h2")))
+        .unwrap()
+}
+
+/// The echoed request line (method and URI) and headers, and the echoed body.
+fn parse_echo(body: &Bytes) -> (String, Vec<(String, String)>, String) {
+    let text = String::from_utf8_lossy(body).into_owned();
+    let (head, echoed) = text.split_once("\n\n").expect("echo format");
+    let mut lines = head.lines();
+    let first = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect();
+    (first, headers, echoed.to_owned())
+}
+
+/// What the h2 origin must have seen of [`h2_probe`]: the end-to-end header, no hop-by-hop
+/// header except `te: trailers`, the proxy's `Via`.
+fn assert_h2_headers(headers: &[(String, String)], te: Option<&str>) {
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(header("x-custom"), Some("kept"), "{headers:?}");
+    assert_eq!(header("via"), Some("1.1 stormwall"), "{headers:?}");
+    for gone in [
+        "connection",
+        "x-drop-me",
+        "keep-alive",
+        "proxy-authorization",
+        "upgrade",
+        "transfer-encoding",
+        "host",
+    ] {
+        assert_eq!(header(gone), None, "{gone} must not reach h2: {headers:?}");
+    }
+    assert_eq!(header("te"), te, "{headers:?}");
+    assert!(
+        header("forwarded").is_some_and(|f| f.starts_with("for=127.0.0.1;proto=http;host=")),
+        "{headers:?}"
+    );
+}
+
+#[tokio::test]
+async fn https_upstream_speaks_http2_when_alpn_picks_h2() {
+    let pki = Pki::generate("h2-alpn");
+    let (origin, connections, requests, task) = h2_origin(Some(pki.server_config())).await;
+    let port = origin.port();
+    for version in ["auto", "http2"] {
+        let proxy = Proxy::launch(&format!(
+            "upstream = \"https://localhost:{port}/base\"\nupstream_version = \"{version}\"\n\
+             [upstream_tls]\nca_file = \"{}\"\nsystem_roots = false\n",
+            pki.ca_file.display()
+        ))
+        .await;
+        let (res, body) = send(h2_probe(&proxy.url("/v1/x?q=1&r=two"))).await;
+        assert_eq!(res.status(), StatusCode::OK, "{version}");
+        assert_eq!(res.headers()["x-origin-version"], "HTTP/2.0", "{version}");
+        assert_eq!(res.headers()["x-origin"], "echo");
+        assert_eq!(res.headers()["via"], "1.1 stormwall");
+        let (line, headers, echoed) = parse_echo(&body);
+        assert_eq!(
+            line,
+            format!("POST https://localhost:{port}/base/v1/x?q=1&r=two"),
+            "{version}"
+        );
+        assert_eq!(echoed, "hello h2");
+        // Only `http2` (HTTP/2 known in advance) passes `te: trailers` on.
+        let te = (version == "http2").then_some("trailers");
+        assert_h2_headers(&headers, te);
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "one per proxy");
+    task.abort();
+}
+
+#[tokio::test]
+async fn https_upstream_without_h2_is_spoken_to_in_http1_by_auto() {
+    let pki = Pki::generate("h1-alpn");
+    let (origin, calls, task) = tls_origin(&pki).await;
+    let port = origin.port();
+    let upstream = format!(
+        "upstream = \"https://localhost:{port}\"\n[upstream_tls]\nca_file = \"{}\"\n",
+        pki.ca_file.display()
+    );
+    // `auto`: the origin picks no ALPN protocol, the proxy falls back to HTTP/1.1.
+    let proxy = Proxy::launch(&format!("upstream_version = \"auto\"\n{upstream}")).await;
+    let (res, body) = send(h2_probe(&proxy.url("/a?b=c"))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-origin-version"], "HTTP/1.1");
+    assert!(String::from_utf8_lossy(&body).starts_with("POST /a?b=c\n"));
+    // `http2`: the proxy offers only h2, the origin cannot speak it: 502.
+    let proxy = Proxy::launch(&format!("upstream_version = \"http2\"\n{upstream}")).await;
+    let (res, _) = get(&proxy.url("/a")).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn http_upstream_speaks_h2c_with_prior_knowledge() {
+    let (origin, connections, requests, task) = h2_origin(None).await;
+    let proxy = Proxy::launch(&format!(
+        "upstream = \"http://{origin}\"\nupstream_version = \"http2\"\n"
+    ))
+    .await;
+    for i in 0..3 {
+        let (res, body) = send(h2_probe(&proxy.url(&format!("/items/{i}?x=1&y=two")))).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["x-origin-version"], "HTTP/2.0");
+        let (line, headers, echoed) = parse_echo(&body);
+        assert_eq!(line, format!("POST http://{origin}/items/{i}?x=1&y=two"));
+        assert_eq!(echoed, "hello h2");
+        assert_h2_headers(&headers, Some("trailers"));
+    }
+    // A large streamed body goes through intact.
+    let big = Bytes::from(vec![b'z'; 3 * 1024 * 1024]);
+    let (res, body) = send(
+        Request::put(proxy.url("/big"))
+            .body(Full::new(big.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (line, _, echoed) = parse_echo(&body);
+    assert_eq!(line, format!("PUT http://{origin}/big"));
+    assert_eq!(echoed.len(), big.len());
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
+    // Every request went over one multiplexed connection.
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    // The default (HTTP/1.1) cannot talk to an h2c-only origin: 502.
+    let h1 = Proxy::start(origin, "").await;
+    let (res, _) = get(&h1.url("/x")).await;
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(requests.load(Ordering::SeqCst), 4);
     task.abort();
 }
 

@@ -118,7 +118,8 @@ fn scenarios(flags: &Flags) -> Vec<Scenario> {
 pub async fn run(flags: &Flags) -> Result<Vec<ScenarioResult>, BoxError> {
     let api = DemoApi::start(flags.port, ApiConfig::default()).await?;
     let base = api.base_url();
-    if !flags.json {
+    let talk = !flags.json && !flags.quiet;
+    if talk {
         println!(
             "Stormwall demo: a local API on {base} allows 10 requests/s (burst 10) and answers 429 beyond."
         );
@@ -169,7 +170,7 @@ pub async fn run(flags: &Flags) -> Result<Vec<ScenarioResult>, BoxError> {
                 with.upstream_per_100ms.clone(),
             ));
         }
-        if !flags.json {
+        if talk {
             print_table(scenario.name, &[without.clone(), with.clone()]);
         }
         all.push(without);
@@ -188,7 +189,9 @@ pub async fn run(flags: &Flags) -> Result<Vec<ScenarioResult>, BoxError> {
             1.0,
         )?;
     }
-    if flags.json {
+    if flags.quiet {
+        // Nothing to print.
+    } else if flags.json {
         println!("{}", serde_json::to_string_pretty(&all)?);
     } else {
         println!("\nChart of upstream requests per 100 ms written to {svg}");

@@ -26,7 +26,7 @@ use stormwall::core::headers::{RateLimitPolicy, RateLimitStatus, format_retry_af
 use tokio::net::TcpListener;
 
 /// Command-line flags shared by the examples: `--port N` (or `PORT`), `--json`, `--svg PATH`,
-/// `--fail-rate F`, `--url URL`, `--quick`.
+/// `--fail-rate F`, `--url URL`, `--quick`, `--quiet`.
 #[derive(Debug, Clone, Default)]
 pub struct Flags {
     /// Port for the local server (0 = any free port).
@@ -41,6 +41,9 @@ pub struct Flags {
     pub url: Option<String>,
     /// Shorter runs (used by the tests).
     pub quick: bool,
+    /// Print nothing: the caller reads the returned results (used by the tests, whose
+    /// failure messages carry the results that matter).
+    pub quiet: bool,
 }
 
 impl Flags {
@@ -67,6 +70,7 @@ impl Flags {
                 "--fail-rate" => flags.fail_rate = args.next().and_then(|f| f.parse().ok()),
                 "--url" => flags.url = args.next(),
                 "--quick" => flags.quick = true,
+                "--quiet" => flags.quiet = true,
                 other => eprintln!("ignoring unknown argument {other:?}"),
             }
         }

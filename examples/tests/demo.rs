@@ -16,20 +16,20 @@ async fn demo_scenarios_hold_their_promises() {
     let svg = dir.join("demo.svg");
     let flags = Flags {
         quick: true,
-        json: true,
+        quiet: true,
         svg: Some(svg.to_str().unwrap().to_owned()),
         ..Flags::default()
     };
     let all = demo::run(&flags).await.unwrap();
     assert_eq!(all.len(), 10);
 
-    // 50 concurrent requests for one user: the API allows 10.
+    // 50 concurrent requests for one user: the API allows a burst of 10 and refills one per
+    // 100 ms, so a plain client gets 10 through plus one per 100 ms its burst took to arrive
+    // (on a loaded machine, the 50 connections can take a few hundred ms); the rest are 429s.
     let without = find(&all, "one user", "without");
-    assert_eq!(
-        (without.successes, without.throttled),
-        (10, 40),
-        "{without:?}"
-    );
+    assert_eq!(without.successes + without.throttled, 50, "{without:?}");
+    assert!(without.successes >= 10, "{without:?}");
+    assert!(without.throttled >= 25, "{without:?}");
     let with = find(&all, "one user", "with");
     assert_eq!((with.successes, with.upstream_calls), (50, 1), "{with:?}");
 

@@ -435,68 +435,76 @@ pin_project! {
     ///
     /// It implements [`http_body::Body`] with `Data = Bytes` and the inner body's error, so it
     /// works as a hyper, axum or tonic body, and trailers pass through.
+    ///
+    /// On the pass-through path (the inner body, untouched) it is the inner body plus one null
+    /// pointer, so a response moved through a stack of layers stays as small as the inner
+    /// service's: the bytes of a prefix or a buffered body live behind that pointer.
     pub struct ResponseBody<B> {
+        // `Some` for the inner service's body, `None` for a buffered one.
         #[pin]
-        kind: Kind<B>,
+        body: Option<B>,
+        // A prefix of the inner body, or a buffered body's data and trailers.
+        extra: Option<Box<Extra>>,
     }
 }
 
-pin_project! {
-    #[project = KindProj]
-    enum Kind<B> {
-        Inner {
-            prefix: Option<Bytes>,
-            #[pin]
-            body: B,
-        },
-        Buffered {
-            data: Option<Bytes>,
-            trailers: Option<HeaderMap>,
-        },
-    }
+struct Extra {
+    data: Option<Bytes>,
+    trailers: Option<HeaderMap>,
 }
 
 impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
-            Kind::Inner { prefix, .. } => f
-                .debug_struct("ResponseBody::Inner")
-                .field("prefix_len", &prefix.as_ref().map(Bytes::len))
-                .finish_non_exhaustive(),
-            Kind::Buffered { data, trailers } => f
-                .debug_struct("ResponseBody::Buffered")
-                .field("len", &data.as_ref().map(Bytes::len))
-                .field("trailers", trailers)
-                .finish(),
+        let data = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.data.as_ref().map(Bytes::len));
+        if self.body.is_some() {
+            f.debug_struct("ResponseBody::Inner")
+                .field("prefix_len", &data)
+                .finish_non_exhaustive()
+        } else {
+            f.debug_struct("ResponseBody::Buffered")
+                .field("len", &data)
+                .field(
+                    "trailers",
+                    &self.extra.as_ref().and_then(|e| e.trailers.as_ref()),
+                )
+                .finish()
         }
     }
 }
 
 impl<B> ResponseBody<B> {
     /// The inner service's body, untouched.
+    #[inline]
     pub fn inner(body: B) -> Self {
         Self {
-            kind: Kind::Inner { prefix: None, body },
+            body: Some(body),
+            extra: None,
         }
     }
 
     /// `prefix`, then the rest of `body`.
     pub fn prefixed(prefix: Bytes, body: B) -> Self {
         Self {
-            kind: Kind::Inner {
-                prefix: (!prefix.is_empty()).then_some(prefix),
-                body,
-            },
+            body: Some(body),
+            extra: (!prefix.is_empty()).then(|| {
+                Box::new(Extra {
+                    data: Some(prefix),
+                    trailers: None,
+                })
+            }),
         }
     }
 
     /// A buffered body with optional trailers.
     pub fn buffered(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        let data = (!data.is_empty()).then_some(data);
         Self {
-            kind: Kind::Buffered {
-                data: (!data.is_empty()).then_some(data),
-                trailers,
-            },
+            body: None,
+            extra: (data.is_some() || trailers.is_some())
+                .then(|| Box::new(Extra { data, trailers })),
         }
     }
 
@@ -507,7 +515,10 @@ impl<B> ResponseBody<B> {
 
     /// An empty body.
     pub fn empty() -> Self {
-        Self::buffered(Bytes::new(), None)
+        Self {
+            body: None,
+            extra: None,
+        }
     }
 }
 
@@ -522,37 +533,41 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        match self.project().kind.project() {
-            KindProj::Inner { prefix, body } => {
-                if let Some(prefix) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(prefix))));
-                }
-                body.poll_frame(cx)
+        let this = self.project();
+        if let Some(extra) = this.extra {
+            if let Some(data) = extra.data.take() {
+                return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            KindProj::Buffered { data, trailers } => {
-                if let Some(data) = data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            if let Some(trailers) = extra.trailers.take() {
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
             }
+        }
+        match this.body.as_pin_mut() {
+            Some(body) => body.poll_frame(cx),
+            None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Inner { prefix, body } => prefix.is_none() && body.is_end_stream(),
-            Kind::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
-        }
+        self.extra
+            .as_ref()
+            .is_none_or(|e| e.data.is_none() && e.trailers.is_none())
+            && self.body.as_ref().is_none_or(B::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Inner { prefix, body } => {
-                let extra = prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let extra = self
+            .extra
+            .as_ref()
+            .and_then(|e| e.data.as_ref())
+            .map_or(0, |d| d.len() as u64);
+        match &self.body {
+            Some(body) => {
                 let inner = body.size_hint();
                 let mut hint = SizeHint::new();
                 hint.set_lower(inner.lower().saturating_add(extra));
@@ -561,9 +576,7 @@ where
                 }
                 hint
             }
-            Kind::Buffered { data, .. } => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
+            None => SizeHint::with_exact(extra),
         }
     }
 }
@@ -605,6 +618,38 @@ mod tests {
             frames.push_back(Frame::trailers(t));
         }
         Frames(frames)
+    }
+
+    #[test]
+    fn pass_through_body_is_the_inner_body_plus_one_pointer() {
+        use std::mem::size_of;
+        type Inner = Full<Bytes>;
+        assert!(
+            size_of::<ResponseBody<Inner>>() <= size_of::<Option<Inner>>() + size_of::<usize>(),
+            "{} bytes",
+            size_of::<ResponseBody<Inner>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn prefix_then_inner_frames_then_inner_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let body = ResponseBody::prefixed(
+            Bytes::from_static(b"ab"),
+            frames(vec![b"cd"], Some(trailers.clone())),
+        );
+        assert!(!body.is_end_stream());
+        let collected = body.collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "abcd");
+
+        let empty = ResponseBody::<Frames>::empty();
+        assert!(empty.is_end_stream());
+        assert_eq!(empty.size_hint().exact(), Some(0));
+        let full = ResponseBody::<Frames>::full("xyz");
+        assert_eq!(full.size_hint().exact(), Some(3));
+        assert_eq!(full.collect().await.unwrap().to_bytes(), "xyz");
     }
 
     #[tokio::test]

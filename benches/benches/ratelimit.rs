@@ -112,6 +112,24 @@ fn decisions(c: &mut Criterion) {
             black_box(keyed_tsc.try_acquire(&i, 1).is_ok())
         })
     });
+    g.bench_function(
+        "stormwall Limiter keyed try_spend (InMemoryStore, tokio clock)",
+        |b| {
+            b.iter(|| {
+                i = (i + 7919) % 10_000;
+                black_box(keyed.try_spend(&i, 1).is_ok())
+            })
+        },
+    );
+    g.bench_function(
+        "stormwall Limiter keyed try_spend (InMemoryStore, Clock::tsc)",
+        |b| {
+            b.iter(|| {
+                i = (i + 7919) % 10_000;
+                black_box(keyed_tsc.try_spend(&i, 1).is_ok())
+            })
+        },
+    );
     g.bench_function("governor keyed dashmap", |b| {
         b.iter(|| {
             i = (i + 7919) % 10_000;
@@ -233,6 +251,7 @@ fn layers(c: &mut Criterion) {
 
 /// Runs one case `n` times, for callgrind (`RATELIMIT_CALLGRIND=<case>:<n>`). Cases:
 /// `none` (setup only), `direct`, `direct-tsc`, `governor`, `keyed`, `keyed-tsc`,
+/// `keyed-spend`, `keyed-spend-tsc`,
 /// `governor-keyed`, `layer-bare`, `layer`, `layer-headers`, `layer-tsc`, `tower-governor`,
 /// `direct-admit`, `direct-tsc-admit`, and the executor-free `poll-bare`, `poll-layer`, `poll-layer-tsc`,
 /// `poll-tower-governor` (see [`poll_once`]).
@@ -323,6 +342,12 @@ fn callgrind_case<T>(
         "governor" => callgrind_loop(n, || _ = black_box(f.gov.check().is_ok())),
         "keyed" => callgrind_loop(n, || {
             _ = black_box(f.keyed.try_acquire(&next(), 1).is_ok());
+        }),
+        "keyed-spend" => callgrind_loop(n, || {
+            _ = black_box(f.keyed.try_spend(&next(), 1).is_ok());
+        }),
+        "keyed-spend-tsc" => callgrind_loop(n, || {
+            _ = black_box(f.keyed_tsc.try_spend(&next(), 1).is_ok());
         }),
         "keyed-tsc" => callgrind_loop(n, || {
             _ = black_box(f.keyed_tsc.try_acquire(&next(), 1).is_ok());

@@ -113,6 +113,32 @@ impl Limiter<InMemoryStore> {
         }
     }
 
+    /// Spends `cost` units of `key`'s quota now if they are available: `Ok(())`, or
+    /// `Err(retry_after)`, the exact wait until the same request would be admitted
+    /// ([`Duration::MAX`] if it never can be). The decision of
+    /// [`try_acquire`](Self::try_acquire) without its figures (remaining units, reset), for
+    /// callers that only need yes or no, like `governor`'s `check_key`: a GCRA key costs one
+    /// map look-up and one compare-and-swap. A full store refuses new keys with one second.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use stormwall_ratelimit::{Limiter, Quota};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let limiter = Limiter::new("per-user", Quota::per_second(2).unwrap());
+    /// assert_eq!(limiter.try_spend(&"alice", 2), Ok(()));
+    /// assert_eq!(limiter.try_spend(&"alice", 1), Err(Duration::from_millis(500)));
+    /// assert_eq!(limiter.try_spend(&"bob", 1), Ok(()));
+    /// assert_eq!(limiter.try_spend(&"bob", 3), Err(Duration::MAX)); // more than the burst
+    /// # }
+    /// ```
+    pub fn try_spend<K: fmt::Debug + Any>(&self, key: &K, cost: u64) -> Result<(), Duration> {
+        let key = LimitKey::from_key(key);
+        self.store
+            .spend_now(self.clock.now(), &self.limit_check(&key, cost))
+    }
+
     /// What a request of `cost` would get now, without spending anything.
     pub fn check<K: fmt::Debug + Any>(&self, key: &K, cost: u64) -> Decision {
         let key = LimitKey::from_key(key);
@@ -306,5 +332,48 @@ impl DirectLimiter {
     pub fn try_acquire_at(&self, now: u64, cost: u64) -> Result<Decision, Decision> {
         let d = self.cell.decide(&self.quota, now, cost, true, false);
         if d.allowed { Ok(d) } else { Err(d) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `try_spend` admits exactly when `try_acquire` does, spends the same and reports the
+    /// same wait, for every algorithm, over an irregular schedule of keys, costs and times.
+    #[tokio::test(start_paused = true)]
+    async fn try_spend_agrees_with_try_acquire() {
+        let quota = Quota::per_second(5).unwrap().with_burst(3).unwrap();
+        for algorithm in [
+            Algorithm::Gcra,
+            Algorithm::LeakyBucket,
+            Algorithm::SlidingLog,
+            Algorithm::SlidingCounter,
+            Algorithm::FixedWindow,
+        ] {
+            let spend = Limiter::new("a", quota).algorithm(algorithm);
+            let acquire = Limiter::new("b", quota).algorithm(algorithm);
+            let (mut admitted, mut refused) = (0, 0);
+            for i in 0..400u64 {
+                let key = i % 3;
+                let cost = [1, 1, 2, 0, 1, 4][(i % 6) as usize];
+                let a = spend.try_spend(&key, cost);
+                let b = acquire.try_acquire(&key, cost);
+                match (&a, &b) {
+                    (Ok(()), Ok(_)) => admitted += 1,
+                    (Err(wait), Err(d)) => {
+                        assert_eq!(*wait, d.retry_after, "{algorithm:?} step {i}");
+                        refused += 1;
+                    }
+                    _ => panic!("{algorithm:?} step {i}: {a:?} vs {b:?}"),
+                }
+                assert_eq!(spend.available(&key), acquire.available(&key));
+                tokio::time::advance(Duration::from_millis(37 * (i % 5))).await;
+            }
+            assert!(
+                admitted > 50 && refused > 50,
+                "{algorithm:?}: {admitted}/{refused}"
+            );
+        }
     }
 }

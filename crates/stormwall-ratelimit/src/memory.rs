@@ -73,7 +73,7 @@ pub struct InMemoryStore {
 }
 
 struct Inner {
-    map: DashMap<(u32, LimitKey), Slot, foldhash::fast::RandomState>,
+    map: DashMap<SlotId, Slot, foldhash::fast::RandomState>,
     epoch: Epoch,
     max_keys: usize,
     at_capacity: AtCapacity,
@@ -83,6 +83,68 @@ struct Inner {
     refused: AtomicU64,
     overflowed: AtomicU64,
     swept: AtomicU64,
+}
+
+/// A map key: a limit's id and a key.
+#[derive(Clone, PartialEq, Eq)]
+struct SlotId(u32, LimitKey);
+
+/// What the map is searched by: a [`SlotId`] or a `(limit, &key)` pair, so that a look-up
+/// borrows the caller's key instead of cloning it (the map's `Borrow` target).
+trait AsSlotId {
+    fn parts(&self) -> (u32, &LimitKey);
+}
+
+impl AsSlotId for SlotId {
+    #[inline]
+    fn parts(&self) -> (u32, &LimitKey) {
+        (self.0, &self.1)
+    }
+}
+
+impl AsSlotId for (u32, &LimitKey) {
+    #[inline]
+    fn parts(&self) -> (u32, &LimitKey) {
+        (self.0, self.1)
+    }
+}
+
+// The owned and the borrowed forms hash and compare alike, as `Borrow` requires.
+#[inline]
+fn hash_slot_id<H: std::hash::Hasher>(limit: u32, key: &LimitKey, state: &mut H) {
+    std::hash::Hash::hash(&limit, state);
+    std::hash::Hash::hash(key, state);
+}
+
+impl std::hash::Hash for SlotId {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        hash_slot_id(self.0, &self.1, state);
+    }
+}
+
+impl std::hash::Hash for dyn AsSlotId + '_ {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (limit, key) = self.parts();
+        hash_slot_id(limit, key, state);
+    }
+}
+
+impl PartialEq for dyn AsSlotId + '_ {
+    #[inline]
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn AsSlotId + '_ {}
+
+impl<'a> std::borrow::Borrow<dyn AsSlotId + 'a> for SlotId {
+    #[inline]
+    fn borrow(&self) -> &(dyn AsSlotId + 'a) {
+        self
+    }
 }
 
 enum Slot {
@@ -172,6 +234,31 @@ impl Slot {
     }
 
     /// Decides (and, if `commit`, spends); returns the decision and the time to refund at.
+    /// [`decide`](Self::decide) and commit, yes or no: a GCRA slot admits with one
+    /// compare-and-swap and computes no figures unless it refuses.
+    #[inline]
+    fn spend(&self, c: &LimitCheck<'_>, now: u64) -> Result<(), Duration> {
+        let cell = match self {
+            Self::Tat(cell) if c.algorithm == Algorithm::Gcra => cell,
+            Self::Pinned(p) if c.algorithm == Algorithm::Gcra => &p.cell,
+            _ => {
+                let d = self.decide(c, now, true).0;
+                return if d.allowed {
+                    Ok(())
+                } else {
+                    Err(d.retry_after)
+                };
+            }
+        };
+        if cell.admit(&c.quota, now, c.cost) {
+            Ok(())
+        } else {
+            // Refused: the exact wait (zero if another caller gave units back meanwhile;
+            // nothing was spent either way).
+            Err(cell.decide(&c.quota, now, c.cost, false, false).retry_after)
+        }
+    }
+
     fn decide(&self, c: &LimitCheck<'_>, now: u64, commit: bool) -> (Decision, u64) {
         let q = &c.quota;
         match self {
@@ -316,7 +403,7 @@ impl InMemoryStore {
     /// maximum load. Window algorithms add a boxed state (about 50-80 bytes; the sliding log
     /// also 16 bytes per remembered admission), string keys their length plus 16.
     pub const fn bytes_per_key() -> usize {
-        (size_of::<((u32, LimitKey), Slot)>() + 1) * 8 / 7
+        (size_of::<(SlotId, Slot)>() + 1) * 8 / 7
     }
 
     /// The instant the store counts time from.
@@ -385,15 +472,19 @@ impl InMemoryStore {
         f: impl FnOnce(&Slot) -> R,
     ) -> Result<Option<R>, StoreError> {
         let inner = &*self.inner;
-        let mut id = (c.limit.id(), c.key.clone());
+        let limit = c.limit.id();
+        let overflow = LimitKey::overflow();
+        // Looked up by reference (no clone of the key); cloned only to insert.
+        let mut key = c.key;
         for _ in 0..3 {
-            if let Some(slot) = inner.map.get(&id) {
+            let probe: &dyn AsSlotId = &(limit, key);
+            if let Some(slot) = inner.map.get(probe) {
                 if slot.matches(c.algorithm) {
                     return Ok(Some(f(&slot)));
                 }
                 drop(slot);
                 // The limit changed algorithm at run time: start that key afresh.
-                if let Some(mut slot) = inner.map.get_mut(&id) {
+                if let Some(mut slot) = inner.map.get_mut(probe) {
                     *slot = Slot::new(c.algorithm, c.quota);
                 }
                 continue;
@@ -401,7 +492,7 @@ impl InMemoryStore {
             if !create {
                 return Ok(None);
             }
-            if !id.1.is_overflow() && inner.len.load(Ordering::Relaxed) >= inner.max_keys {
+            if !key.is_overflow() && inner.len.load(Ordering::Relaxed) >= inner.max_keys {
                 let last = inner.last_sweep.load(Ordering::Relaxed);
                 if now.saturating_sub(last) >= inner.sweep_interval || last == 0 {
                     self.sweep_nanos(now);
@@ -414,23 +505,27 @@ impl InMemoryStore {
                         }
                         AtCapacity::Overflow => {
                             inner.overflowed.fetch_add(1, Ordering::Relaxed);
-                            id.1 = LimitKey::overflow();
+                            key = &overflow;
                             continue;
                         }
                     }
                 }
             }
             let mut inserted = false;
-            inner.map.entry(id.clone()).or_insert_with(|| {
-                inserted = true;
-                Slot::new(c.algorithm, c.quota)
-            });
+            inner
+                .map
+                .entry(SlotId(limit, key.clone()))
+                .or_insert_with(|| {
+                    inserted = true;
+                    Slot::new(c.algorithm, c.quota)
+                });
             if inserted {
                 inner.len.fetch_add(1, Ordering::Relaxed);
             }
         }
         // Only reachable if the entry is removed between insert and read three times over.
-        Ok(inner.map.get(&id).map(|slot| f(&slot)))
+        let probe: &dyn AsSlotId = &(limit, key);
+        Ok(inner.map.get(probe).map(|slot| f(&slot)))
     }
 
     fn sweep_nanos(&self, now: u64) {
@@ -504,6 +599,23 @@ impl InMemoryStore {
         Ok(combine(decisions).unwrap_or_else(crate::store::unlimited))
     }
 
+    /// One limit, yes or no: [`Limiter::try_spend`](crate::Limiter::try_spend).
+    pub(crate) fn spend_now(&self, now: Instant, c: &LimitCheck<'_>) -> Result<(), Duration> {
+        let now = self.nanos(now);
+        let verdict = |d: Decision| {
+            if d.allowed {
+                Ok(())
+            } else {
+                Err(d.retry_after)
+            }
+        };
+        match self.with_slot(c, now, true, |slot| slot.spend(c, now)) {
+            Ok(Some(r)) => r,
+            Ok(None) => verdict(Slot::new(c.algorithm, c.quota).decide(c, now, false).0),
+            Err(_) => Err(Duration::from_secs(1)),
+        }
+    }
+
     fn undo(&self, checks: &[LimitCheck<'_>], committed: &[(usize, u64)], now: u64) {
         for &(i, at) in committed {
             let c = &checks[i];
@@ -513,7 +625,7 @@ impl InMemoryStore {
 
     /// Synchronous [`Store::reset`].
     pub fn reset_now(&self, limit: &LimitId, key: &LimitKey) {
-        let id = (limit.id(), key.clone());
+        let id = SlotId(limit.id(), key.clone());
         // A pinned cell (a layer holds it) is cleared in place; any other slot is removed.
         let removed = self
             .inner
@@ -535,7 +647,7 @@ impl InMemoryStore {
     /// which applies the capacity policy).
     pub(crate) fn pin_global(&self, limit: &LimitId) -> Option<Arc<PinnedCell>> {
         let inner = &*self.inner;
-        let id = (limit.id(), LimitKey::global());
+        let id = SlotId(limit.id(), LimitKey::global());
         let pinned = |tat: u64| {
             Arc::new(PinnedCell {
                 cell: GcraCell::with_tat(tat),

@@ -3,14 +3,14 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use stormwall_core::time::sleep;
 
 use crate::algorithm::{Algorithm, Decision};
 use crate::cell::GcraCell;
-use crate::clock::{Clock, Ticker};
+use crate::clock::{Clock, EpochTicker, Ticker};
 use crate::limit::QuotaHandle;
 use crate::memory::InMemoryStore;
 use crate::quota::Quota;
@@ -58,6 +58,9 @@ pub struct Limiter<St = InMemoryStore> {
     algorithm: Algorithm,
     store: Arc<St>,
     clock: Clock,
+    /// The clock in an [`InMemoryStore`]'s time (nanoseconds since its epoch), made on first
+    /// use: reads the time without building an `Instant` and subtracting.
+    ticker: OnceLock<EpochTicker>,
 }
 
 impl<St> Clone for Limiter<St> {
@@ -68,6 +71,7 @@ impl<St> Clone for Limiter<St> {
             algorithm: self.algorithm,
             store: self.store.clone(),
             clock: self.clock.clone(),
+            ticker: self.ticker.clone(),
         }
     }
 }
@@ -98,8 +102,8 @@ impl Limiter<InMemoryStore> {
         cost: u64,
     ) -> Result<Decision, Decision> {
         let key = LimitKey::from_key(key);
-        match self.store.check_now(
-            self.clock.now(),
+        match self.store.check_at(
+            self.nanos(),
             &[self.limit_check(&key, cost)],
             CheckMode::Acquire,
         ) {
@@ -136,15 +140,23 @@ impl Limiter<InMemoryStore> {
     pub fn try_spend<K: fmt::Debug + Any>(&self, key: &K, cost: u64) -> Result<(), Duration> {
         let key = LimitKey::from_key(key);
         self.store
-            .spend_now(self.clock.now(), &self.limit_check(&key, cost))
+            .spend_at(self.nanos(), &self.limit_check(&key, cost))
+    }
+
+    /// Now, in the store's time.
+    #[inline]
+    fn nanos(&self) -> u64 {
+        self.ticker
+            .get_or_init(|| self.clock.since(self.store.epoch()))
+            .nanos()
     }
 
     /// What a request of `cost` would get now, without spending anything.
     pub fn check<K: fmt::Debug + Any>(&self, key: &K, cost: u64) -> Decision {
         let key = LimitKey::from_key(key);
         self.store
-            .check_now(
-                self.clock.now(),
+            .check_at(
+                self.nanos(),
                 &[self.limit_check(&key, cost)],
                 CheckMode::Peek,
             )
@@ -171,6 +183,7 @@ impl<St: Store> Limiter<St> {
             algorithm: Algorithm::Gcra,
             store: Arc::new(store),
             clock: Clock::tokio(),
+            ticker: OnceLock::new(),
         }
     }
 
@@ -178,6 +191,7 @@ impl<St: Store> Limiter<St> {
     /// but ignores tokio's paused clock).
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
+        self.ticker = OnceLock::new();
         self
     }
 

@@ -555,7 +555,16 @@ impl InMemoryStore {
         checks: &[LimitCheck<'_>],
         mode: CheckMode,
     ) -> Result<Decision, StoreError> {
-        let now = self.nanos(now);
+        self.check_at(self.nanos(now), checks, mode)
+    }
+
+    /// [`check_now`](Self::check_now) at `now` in the store's time ([`nanos`](Self::nanos)).
+    pub(crate) fn check_at(
+        &self,
+        now: u64,
+        checks: &[LimitCheck<'_>],
+        mode: CheckMode,
+    ) -> Result<Decision, StoreError> {
         if mode == CheckMode::Peek {
             let mut decisions = Vec::with_capacity(checks.len());
             for c in checks {
@@ -600,8 +609,7 @@ impl InMemoryStore {
     }
 
     /// One limit, yes or no: [`Limiter::try_spend`](crate::Limiter::try_spend).
-    pub(crate) fn spend_now(&self, now: Instant, c: &LimitCheck<'_>) -> Result<(), Duration> {
-        let now = self.nanos(now);
+    pub(crate) fn spend_at(&self, now: u64, c: &LimitCheck<'_>) -> Result<(), Duration> {
         let verdict = |d: Decision| {
             if d.allowed {
                 Ok(())

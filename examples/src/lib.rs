@@ -158,7 +158,7 @@ impl DemoApi {
             calls: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             failed: AtomicU64::new(0),
-            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+            rng: AtomicU64::new(RNG_SEED),
             arrivals: Mutex::new(Vec::new()),
             epoch: Mutex::new(Instant::now()),
         });
@@ -203,6 +203,9 @@ impl DemoApi {
         self.state.calls.store(0, Ordering::SeqCst);
         self.state.throttled.store(0, Ordering::SeqCst);
         self.state.failed.store(0, Ordering::SeqCst);
+        // The same failure sequence for every run: what one run drew must not shift the next
+        // run's failures (on a loaded machine the plain client's run admits a varying number).
+        self.state.rng.store(RNG_SEED, Ordering::Relaxed);
         self.state.arrivals.lock().clear();
         *self.state.epoch.lock() = Instant::now();
     }
@@ -217,6 +220,9 @@ impl DemoApi {
         }
     }
 }
+
+/// The seed of the injected failures' random sequence (restored by [`DemoApi::reset`]).
+const RNG_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
 
 fn next_random(state: &ApiState) -> f64 {
     // xorshift64*, shared by all connections: deterministic enough for a demo.

@@ -250,7 +250,7 @@ impl<St> Deco<St> {
 #[inline]
 pub(crate) fn count_admitted<St>(shared: &Shared<St>) {
     inc(&shared.counters.admitted);
-    metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "admitted").increment(1);
+    shared.counters.metric_admitted.increment(1);
 }
 
 /// Adds the remaining-quota headers to an admitted response.
@@ -276,7 +276,7 @@ pub(crate) fn reject_now<St, ResB>(
         inc(&shared.counters.queue_full);
         metrics::counter!("stormwall_ratelimit_queue_full_total").increment(1);
     }
-    metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "rejected").increment(1);
+    shared.counters.metric_rejected.increment(1);
     let limit = shared
         .limits
         .get(decision.map_or(0, |d| d.index))
@@ -432,8 +432,7 @@ impl<S, ReqB, St: Store> Ctx<S, ReqB, St> {
         let shared = &*self.shared;
         if shared.shadow {
             inc(&shared.counters.shadow_rejected);
-            metrics::counter!("stormwall_ratelimit_decisions_total", "outcome" => "shadow_rejected")
-                .increment(1);
+            shared.counters.metric_shadow_rejected.increment(1);
             self.decision = decision;
             self.ticket = None;
             return Next::Ready;

@@ -80,7 +80,10 @@
 //!
 //! # Metrics
 //!
-//! Recorded through the [`metrics`] facade (no-ops unless a recorder is installed):
+//! Recorded through the [`metrics`] facade (no-ops unless a recorder is installed). The
+//! decision counters' handles are registered when the layer is built, so that a request costs
+//! no registry look-up: **install the recorder before building the layer** (the rule the
+//! circuit breaker follows too). The other metrics are recorded where they happen.
 //!
 //! | Name | Kind | Labels | Meaning |
 //! |---|---|---|---|

@@ -27,7 +27,7 @@ pub struct RateLimitStats {
     pub waiting: usize,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Counters {
     pub(crate) admitted: AtomicU64,
     pub(crate) rejected: AtomicU64,
@@ -37,6 +37,30 @@ pub(crate) struct Counters {
     pub(crate) queue_full: AtomicU64,
     pub(crate) store_errors: AtomicU64,
     pub(crate) pushbacks: AtomicU64,
+    /// `stormwall_ratelimit_decisions_total` by outcome: registered once, when the layer is
+    /// built (a registry look-up per request would cost more than the decision).
+    pub(crate) metric_admitted: metrics::Counter,
+    pub(crate) metric_rejected: metrics::Counter,
+    pub(crate) metric_shadow_rejected: metrics::Counter,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        const NAME: &str = "stormwall_ratelimit_decisions_total";
+        Self {
+            admitted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            shadow_rejected: AtomicU64::new(0),
+            waited: AtomicU64::new(0),
+            wait_nanos: AtomicU64::new(0),
+            queue_full: AtomicU64::new(0),
+            store_errors: AtomicU64::new(0),
+            pushbacks: AtomicU64::new(0),
+            metric_admitted: metrics::counter!(NAME, "outcome" => "admitted"),
+            metric_rejected: metrics::counter!(NAME, "outcome" => "rejected"),
+            metric_shadow_rejected: metrics::counter!(NAME, "outcome" => "shadow_rejected"),
+        }
+    }
 }
 
 pub(crate) fn inc(c: &AtomicU64) {

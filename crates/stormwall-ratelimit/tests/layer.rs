@@ -291,3 +291,63 @@ async fn tsc_clock_global_limit_and_policy_follows_quota_changes() {
     let status = res.headers()["ratelimit"].to_str().unwrap();
     assert!(status.starts_with("\"g\";r=1;t=39"), "{status}");
 }
+
+/// The decision counters reach the recorder installed when the layer was built, by outcome,
+/// and agree with the stats handle: on the fast global path, the keyed path and in shadow mode.
+#[tokio::test(start_paused = true)]
+async fn decision_metrics_match_the_stats() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    // A current-thread runtime: every poll happens on this thread, under the recorder.
+    let _guard = metrics::set_default_local_recorder(&recorder);
+
+    let global = RateLimitLayer::new(Limit::global("g", q(2))).draft_headers(false);
+    let keyed = RateLimitLayer::new(Limit::new("per-user", HeaderKey::new("x-user"), q(1)));
+    let shadow = RateLimitLayer::new(Limit::global("s", q(1))).shadow(true);
+    let mut stats = Vec::new();
+    for (layer, n) in [(global, 5), (keyed, 4), (shadow, 3)] {
+        stats.push(layer.clone());
+        let mut svc = ServiceBuilder::new().layer(layer).service(ok_service());
+        for i in 0..n {
+            let req = Request::get("/")
+                .header("x-user", if i % 2 == 0 { "a" } else { "b" })
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            svc.ready().await.unwrap().call(req).await.unwrap();
+        }
+    }
+
+    let mut by_outcome = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if key.key().name() != "stormwall_ratelimit_decisions_total" {
+            continue;
+        }
+        let outcome = key
+            .key()
+            .labels()
+            .find(|l| l.key() == "outcome")
+            .map(|l| l.value().to_owned())
+            .unwrap();
+        let DebugValue::Counter(n) = value else {
+            panic!("{outcome} is not a counter");
+        };
+        by_outcome.insert(outcome, n);
+    }
+    let sum = |f: fn(&stormwall_ratelimit::RateLimitStats) -> u64| {
+        stats.iter().map(|l| f(&l.stats())).sum::<u64>()
+    };
+    // global: 2 admitted, 3 rejected; keyed: 2 admitted (a, b), 2 rejected; shadow: 3
+    // admitted, 2 of them counted as shadow rejections.
+    assert_eq!(sum(|s| s.admitted), 7);
+    assert_eq!(sum(|s| s.rejected), 5);
+    assert_eq!(sum(|s| s.shadow_rejected), 2);
+    assert_eq!(by_outcome.get("admitted"), Some(&7), "{by_outcome:?}");
+    assert_eq!(by_outcome.get("rejected"), Some(&5), "{by_outcome:?}");
+    assert_eq!(
+        by_outcome.get("shadow_rejected"),
+        Some(&2),
+        "{by_outcome:?}"
+    );
+}

@@ -14,7 +14,7 @@ use crate::clock::{Clock, EpochTicker, Ticker};
 use crate::limit::QuotaHandle;
 use crate::memory::InMemoryStore;
 use crate::quota::Quota;
-use crate::store::{CheckMode, LimitCheck, LimitId, LimitKey, Store, StoreError};
+use crate::store::{CheckMode, FULL_STORE_RETRY, LimitCheck, LimitId, LimitKey, Store, StoreError};
 
 /// Why [`Limiter::acquire`] failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,7 +111,7 @@ impl Limiter<InMemoryStore> {
             Ok(d) => Err(d),
             Err(_) => Err(Decision {
                 allowed: false,
-                retry_after: Duration::from_secs(1),
+                retry_after: FULL_STORE_RETRY,
                 ..crate::store::unlimited()
             }),
         }

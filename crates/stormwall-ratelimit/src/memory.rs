@@ -13,7 +13,9 @@ use stormwall_core::time::{Epoch, Instant};
 use crate::algorithm::{Algorithm, Decision, FixedWindow, Gcra, SlidingCounter, SlidingLog};
 use crate::cell::GcraCell;
 use crate::quota::Quota;
-use crate::store::{CheckMode, LimitCheck, LimitId, LimitKey, Store, StoreError, combine};
+use crate::store::{
+    CheckMode, FULL_STORE_RETRY, LimitCheck, LimitId, LimitKey, Store, StoreError, combine,
+};
 
 /// What a full [`InMemoryStore`] does with a new key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,6 +85,16 @@ struct Inner {
     refused: AtomicU64,
     overflowed: AtomicU64,
     swept: AtomicU64,
+}
+
+/// A decision as yes, or no with the exact wait.
+#[inline]
+fn verdict(d: &Decision) -> Result<(), Duration> {
+    if d.allowed {
+        Ok(())
+    } else {
+        Err(d.retry_after)
+    }
 }
 
 /// A map key: a limit's id and a key.
@@ -233,7 +245,6 @@ impl Slot {
         }
     }
 
-    /// Decides (and, if `commit`, spends); returns the decision and the time to refund at.
     /// [`decide`](Self::decide) and commit, yes or no: a GCRA slot admits with one
     /// compare-and-swap and computes no figures unless it refuses.
     #[inline]
@@ -241,14 +252,7 @@ impl Slot {
         let cell = match self {
             Self::Tat(cell) if c.algorithm == Algorithm::Gcra => cell,
             Self::Pinned(p) if c.algorithm == Algorithm::Gcra => &p.cell,
-            _ => {
-                let d = self.decide(c, now, true).0;
-                return if d.allowed {
-                    Ok(())
-                } else {
-                    Err(d.retry_after)
-                };
-            }
+            _ => return verdict(&self.decide(c, now, true).0),
         };
         if cell.admit(&c.quota, now, c.cost) {
             Ok(())
@@ -259,6 +263,7 @@ impl Slot {
         }
     }
 
+    /// Decides (and, if `commit`, spends); returns the decision and the time to refund at.
     fn decide(&self, c: &LimitCheck<'_>, now: u64, commit: bool) -> (Decision, u64) {
         let q = &c.quota;
         match self {
@@ -608,19 +613,13 @@ impl InMemoryStore {
         Ok(combine(decisions).unwrap_or_else(crate::store::unlimited))
     }
 
-    /// One limit, yes or no: [`Limiter::try_spend`](crate::Limiter::try_spend).
+    /// One limit, yes or no: [`Limiter::try_spend`](crate::Limiter::try_spend). A full store
+    /// refusing a new key answers `Err(FULL_STORE_RETRY)`.
     pub(crate) fn spend_at(&self, now: u64, c: &LimitCheck<'_>) -> Result<(), Duration> {
-        let verdict = |d: Decision| {
-            if d.allowed {
-                Ok(())
-            } else {
-                Err(d.retry_after)
-            }
-        };
         match self.with_slot(c, now, true, |slot| slot.spend(c, now)) {
             Ok(Some(r)) => r,
-            Ok(None) => verdict(Slot::new(c.algorithm, c.quota).decide(c, now, false).0),
-            Err(_) => Err(Duration::from_secs(1)),
+            Ok(None) => verdict(&Slot::new(c.algorithm, c.quota).decide(c, now, false).0),
+            Err(_) => Err(FULL_STORE_RETRY),
         }
     }
 

@@ -19,6 +19,10 @@ use stormwall_core::time::Instant;
 use crate::algorithm::{Algorithm, Decision};
 use crate::quota::Quota;
 
+/// The wait reported when a full store refuses a new key ([`Limiter`](crate::Limiter)'s
+/// `try_acquire` and `try_spend`).
+pub(crate) const FULL_STORE_RETRY: Duration = Duration::from_secs(1);
+
 /// A backend that keeps rate-limit state and decides multi-limit checks.
 ///
 /// # What a store must do
